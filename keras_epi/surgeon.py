@@ -1,0 +1,190 @@
+"""Model surgery: physically remove channels from a functional Keras model.
+
+`prune_model` takes a *plan* (group name -> channel indices to keep, see
+`keras_epi.channel_groups`), rebuilds the model with narrower layers and copies
+every surviving weight. How one layer type is cut lives in `_WEIGHT_AXES` and
+`_new_config`: which axis of which weight follows the layer's input channels
+and which its output channels.
+"""
+
+from absl import logging
+import keras
+import numpy as np
+
+from keras_epi import graph
+
+_L = keras.layers
+
+# (layer classes, {weight name: ((axis, side), ...)}), side one of "in" (the
+# layer's input channels), "out" (its output channels) or "mid" (the
+# depthwise output inside a separable conv: input channels repeated
+# depth_multiplier times).
+_WEIGHT_AXES = (
+    (graph._CONV, {"kernel": ((-2, "in"), (-1, "out")),  # pylint: disable=protected-access
+                   "bias": ((0, "out"),)}),
+    (graph._CONV_TRANSPOSE, {"kernel": ((-2, "out"), (-1, "in")),  # pylint: disable=protected-access
+                             "bias": ((0, "out"),)}),
+    (graph._DEPTHWISE, {"kernel": ((-2, "in"),),  # pylint: disable=protected-access
+                        "bias": ((0, "out"),)}),
+    (graph._SEPARABLE, {"depthwise_kernel": ((-2, "in"),),  # pylint: disable=protected-access
+                        "pointwise_kernel": ((-2, "mid"), (-1, "out")),
+                        "bias": ((0, "out"),)}),
+    ((_L.Dense,), {"kernel": ((0, "in"), (1, "out")), "bias": ((0, "out"),)}),
+    ((_L.BatchNormalization,), {"gamma": ((0, "out"),), "beta": ((0, "out"),),
+                                "moving_mean": ((0, "out"),),
+                                "moving_variance": ((0, "out"),)}),
+    ((_L.PReLU,), {"alpha": ((-1, "out"),)}),
+)
+
+
+def prune_model(model, keep, *, ignore=()):
+  """Returns a copy of `model` without the channels that `keep` leaves out.
+
+  Every weight of a surviving channel is copied: conv, dense and transposed
+  conv kernels on both channel axes, biases, BatchNormalization gamma, beta
+  and moving statistics, depthwise and separable kernels, PReLU slopes.
+  Layer names, dtype policies, regularizers and all other configuration are
+  preserved; nested models are rebuilt as nested models. The result is a
+  plain Keras model: it saves as `.keras` and loads back with
+  `keras.saving.load_model` without custom objects. The input model is not
+  modified and shares no variables with the result.
+
+  Args:
+    model: A built functional or Sequential `keras.Model`.
+    keep: Mapping from group name (`ChannelGroup.name`) to the indices of the
+      group's channels to keep. Groups not named keep all their channels.
+    ignore: The `ignore` given to `keras_epi.channel_groups` when the groups
+      were computed.
+
+  Returns:
+    A new `keras.Model` (Sequential if `model` is Sequential).
+
+  Raises:
+    ValueError: if `keep` names an unknown group, has out-of-range, repeated
+      or no indices for a group, or the model cannot be analysed (see
+      `keras_epi.channel_groups`).
+
+  Example:
+  >>> groups = keras_epi.channel_groups(model)
+  >>> keep = {g.name: range(g.size // 2) for g in groups}
+  >>> small = keras_epi.prune_model(model, keep)
+  """
+  analysis = graph.analyze(model, ignore)
+  removed = analysis.removed_labels(keep)
+  return _Surgeon(analysis, removed).model(model, "")
+
+
+class _Surgeon:
+  """Rebuilds models and layers for one set of removed channel labels."""
+
+  def __init__(self, analysis, removed):
+    self._analysis = analysis
+    self._removed = removed
+    self._models = {}  # id(old model) -> new model
+    self._layers = {}  # path -> (old layer, new layer)
+
+  def _mask(self, labels):
+    return self._analysis.keep_mask(labels, self._removed)
+
+  def model(self, model, prefix):
+    """The rebuilt (and weight-loaded) copy of a model."""
+    if id(model) in self._models:
+      return self._models[id(model)]
+    if prefix:  # nested: inputs may have lost channels
+      labels = self._analysis.model_inputs[id(model)]
+    else:
+      labels = [None] * len(model.inputs)
+    inputs = []
+    for tensor, lab in zip(model.inputs, labels):
+      shape = list(tensor.shape[1:])
+      if lab is not None and shape:
+        shape[-1] = int(self._mask(lab).sum())
+      inputs.append(keras.Input(shape=tuple(shape), dtype=tensor.dtype,
+                                sparse=tensor.sparse,
+                                name=tensor._keras_history.operation.name))  # pylint: disable=protected-access
+
+    def operation_for(op):
+      if isinstance(op, keras.Model):
+        return self.model(op, prefix + op.name + "/")
+      if not isinstance(op, keras.layers.Layer):
+        return op  # a stateless keras.ops operation
+      return self._layer(op, prefix + op.name)
+
+    outputs = graph.replay(model, inputs, operation_for)
+    if isinstance(model, keras.Sequential):
+      layers = [operation_for(layer) for layer in model.layers]
+      new = keras.Sequential([inputs[0], *layers], name=model.name)
+    else:
+      new = keras.Model(
+          inputs=keras.tree.pack_sequence_as(model._inputs_struct, inputs),  # pylint: disable=protected-access
+          outputs=outputs, name=model.name)
+    new.trainable = model.trainable
+    self._models[id(model)] = new
+    if not prefix:
+      self._load_weights()
+    return new
+
+  def _layer(self, layer, path):
+    if path in self._layers:
+      return self._layers[path][1]
+    _, ins, outs = self._analysis.calls[path]
+    config = _new_config(layer, self._masks(layer, ins, outs))
+    new = type(layer).from_config(config)
+    self._layers[path] = (layer, new)
+    return new
+
+  def _masks(self, layer, ins, outs):
+    masks = {"in": self._mask(ins[0]) if ins else None,
+             "out": self._mask(outs[0])}
+    if isinstance(layer, graph._SEPARABLE):  # pylint: disable=protected-access
+      masks["mid"] = np.repeat(masks["in"], layer.depth_multiplier)
+    return masks
+
+  def _load_weights(self):
+    for path, (old, new) in self._layers.items():
+      _, ins, outs = self._analysis.calls[path]
+      masks = self._masks(old, ins, outs)
+      axes = _weight_axes(old)
+      values = []
+      for weight in old.weights:
+        value = keras.ops.convert_to_numpy(weight)
+        for axis, side in axes.get(weight.name, ()):
+          if value.shape[axis] == len(masks[side]):
+            value = np.compress(masks[side], value, axis=axis)
+        values.append(value)
+      expected = [tuple(w.shape) for w in new.weights]
+      got = [v.shape for v in values]
+      if expected != got:
+        raise AssertionError(
+            f"keras_epi surgeon: layer '{path}' ({type(old).__name__}) "
+            f"expects weight shapes {expected}, sliced {got}. Please report "
+            "this; pass the layer in `ignore=` meanwhile.")
+      new.set_weights(values)
+    logging.vlog(1, "keras_epi: rebuilt %d layers", len(self._layers))
+
+
+def _weight_axes(layer):
+  for classes, axes in _WEIGHT_AXES:
+    if isinstance(layer, classes):
+      return axes
+  return {}
+
+
+def _new_config(layer, masks):
+  """The layer's config with channel counts for the surviving channels."""
+  config = layer.get_config()
+  n_out = int(masks["out"].sum())
+  if isinstance(layer, graph._CONV):  # pylint: disable=protected-access
+    config["filters"] = n_out
+    if layer.groups > 1 and masks["in"] is not None and \
+        layer.groups == len(masks["in"]):
+      config["groups"] = int(masks["in"].sum())
+  elif isinstance(layer, (*graph._CONV_TRANSPOSE, *graph._SEPARABLE)):  # pylint: disable=protected-access
+    config["filters"] = n_out
+  elif isinstance(layer, _L.Dense):
+    config["units"] = n_out
+  elif isinstance(layer, _L.Reshape):
+    target = list(config["target_shape"])
+    if target[-1] != -1:  # with -1, Keras infers the size
+      config["target_shape"] = tuple(target[:-1]) + (n_out,)
+  return config
