@@ -28,7 +28,7 @@ def count_macs(model):
 
   Example:
   >>> keras_epi.count_macs(keras.applications.ResNet50(weights=None))
-  4089184256
+  3857973248
   """
   total = 0
   for path, op, node in graph.walk_calls(model):

@@ -110,11 +110,11 @@ class _Surgeon:
         return op  # a stateless keras.ops operation
       return self._layer(op, prefix + op.name)
 
-    outputs = graph.replay(model, inputs, operation_for)
     if isinstance(model, keras.Sequential):
       layers = [operation_for(layer) for layer in model.layers]
       new = keras.Sequential([inputs[0], *layers], name=model.name)
     else:
+      outputs = graph.replay(model, inputs, operation_for)
       new = keras.Model(
           inputs=keras.tree.pack_sequence_as(model._inputs_struct, inputs),  # pylint: disable=protected-access
           outputs=outputs, name=model.name)
@@ -129,7 +129,15 @@ class _Surgeon:
       return self._layers[path][1]
     _, ins, outs = self._analysis.calls[path]
     config = _new_config(layer, self._masks(layer, ins, outs))
-    new = type(layer).from_config(config)
+    if isinstance(layer, _L.Lambda):
+      # from_config refuses Python lambdas in safe mode; this one is the
+      # caller's own object, so reuse its function.
+      new = _L.Lambda(layer.function, output_shape=layer._output_shape,  # pylint: disable=protected-access
+                      mask=layer.mask, arguments=layer.arguments,
+                      name=config["name"], dtype=config.get("dtype"),
+                      trainable=config["trainable"])
+    else:
+      new = type(layer).from_config(config)
     self._layers[path] = (layer, new)
     return new
 
