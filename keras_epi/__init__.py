@@ -4,18 +4,35 @@ Public API:
   channel_groups, ChannelGroup: which channels of a model are coupled.
   prune_model: physically remove channels, keeping every surviving weight.
   count_macs: multiply-accumulates for one example.
+  magnitude_importance: filter-norm scores per group.
+  select_channels: the dominant sub-network under a neuron or MAC budget.
+  EPICallback: scoring, the Early Pruning Indicator and pruning in model.fit.
+  fit: model.fit that continues training on the pruned model.
+  EarlyPruningIndicator, EarlyBirdIndicator: the stability indicators.
 """
 
 from keras_epi.budget import count_macs
+from keras_epi.budget import select_channels
+from keras_epi.callbacks import EPICallback
 from keras_epi.graph import ChannelGroup
 from keras_epi.graph import channel_groups
+from keras_epi.importance import magnitude_importance
+from keras_epi.indicators import EarlyBirdIndicator
+from keras_epi.indicators import EarlyPruningIndicator
 from keras_epi.surgeon import prune_model
+from keras_epi.training import fit
 from keras_epi.version import __version__
 
 __all__ = [
     "ChannelGroup",
+    "EPICallback",
+    "EarlyBirdIndicator",
+    "EarlyPruningIndicator",
     "channel_groups",
     "count_macs",
+    "fit",
+    "magnitude_importance",
     "prune_model",
+    "select_channels",
     "__version__",
 ]

@@ -1,15 +1,22 @@
-"""Budgets of a sub-network: multiply-accumulate counts.
+"""Budgets of a sub-network: MAC counts and the dominant sub-network.
 
 `count_macs` counts the multiply-accumulates of the layers that dominate a
 CNN's cost: convolutions (plain, grouped, transposed, depthwise, separable)
 and Dense layers, for one example. Normalisation, activations, pooling and
 element-wise merges are not counted (they are a few percent of a CNN's MACs and
 are not multiply-accumulates); this is the convention of most pruning papers.
+
+`select_channels` forms the *dominant sub-network* of EPI: the channels that
+pruning now would keep, ranked globally across groups.
 """
 
 import math
 
+import numpy as np
+
 from keras_epi import graph
+
+BUDGETS = ("neurons", "macs")
 
 
 def count_macs(model):
@@ -30,14 +37,144 @@ def count_macs(model):
   >>> keras_epi.count_macs(keras.applications.ResNet50(weights=None))
   3857973248
   """
+  return sum(_layer_macs(path, op, node)
+             for path, op, node in graph.walk_calls(model))
+
+
+def select_channels(model, scores, ratio, *, budget="neurons", ignore=(),
+                    min_channels=1, round_to=1, keep_stem=True):
+  """The channels to keep: a global ranking of scores under a budget.
+
+  All channels of the scored groups are ranked together by score; the lowest
+  are removed until the budget is met. ``budget="neurons"`` removes
+  ``round(ratio * n)`` of the ``n`` scored channels (the paper's "pruned
+  ratio": the percentage of neurons removed). ``budget="macs"`` removes the
+  lowest-ranked channels until `count_macs` of the pruned model is at most
+  ``(1 - ratio)`` of the dense one (met to within the rounding below). No
+  group keeps fewer than `min_channels`; with ``round_to > 1`` the kept count
+  of every group is rounded to the nearest multiple of `round_to` (widths that
+  suit vectorised kernels), keeping the highest-scored channels.
+
+  Args:
+    model: The model the groups were computed on.
+    scores: ``{group name: array of group.size scores}``, higher is more
+      important (e.g. from `keras_epi.magnitude_importance`). Groups not in
+      `scores` stay whole.
+    ratio: Fraction of the budget to remove, in (0, 1).
+    budget: "neurons" or "macs".
+    ignore: The `ignore` given to `keras_epi.channel_groups`.
+    min_channels: Minimum channels kept per group (at least 1).
+    round_to: Kept widths are rounded to multiples of this (>= 1).
+    keep_stem: Leave the model's first producer group (the stem) whole.
+
+  Returns:
+    ``{group name: sorted np.ndarray of kept indices}`` for the scored groups,
+    ready for `keras_epi.prune_model`.
+
+  Raises:
+    ValueError: for a ratio outside (0, 1), an unknown budget, a bad
+      `min_channels` or `round_to`, or scores that do not fit the groups.
+  """
+  _check_arguments(ratio, budget, min_channels, round_to)
+  return plan_channels(graph.analyze(model, ignore), scores, ratio,
+                       budget=budget, min_channels=min_channels,
+                       round_to=round_to, keep_stem=keep_stem)
+
+
+def plan_channels(analysis, scores, ratio, *, budget="neurons",
+                  min_channels=1, round_to=1, keep_stem=True):
+  """`select_channels` on an existing graph analysis (internal)."""
+  sizes = {g.name: g.size for g in analysis.groups}
+  stem = analysis.groups[0].name if analysis.groups else None
+  ranked = {}
+  for name, values in scores.items():
+    if name not in sizes:
+      raise ValueError(f"`scores` has group {name!r}, which the model does not "
+                       f"have; its groups are {list(sizes)[:10]}.")
+    values = np.asarray(values, dtype=np.float64)
+    if values.shape != (sizes[name],):
+      raise ValueError(f"`scores[{name!r}]` has shape {values.shape}; the "
+                       f"group has {sizes[name]} channels.")
+    if keep_stem and name == stem:
+      continue
+    ranked[name] = np.argsort(-values, kind="stable")  # best first
+  if not ranked:
+    raise ValueError("No group to prune: `scores` is empty or holds only the "
+                     "stem (pass keep_stem=False to prune it).")
+
+  # Global order of removal: lowest score first; each group's best
+  # `min_channels` are never candidates.
+  candidates = []
+  for name, order in ranked.items():
+    floor = min(min_channels, sizes[name])
+    values = np.asarray(scores[name], dtype=np.float64)
+    for index in order[floor:]:
+      candidates.append((values[index], name))
+  candidates.sort(key=lambda c: c[0])
+
+  def plan(n_removed):
+    removed = {name: 0 for name in ranked}
+    for _, name in candidates[:n_removed]:
+      removed[name] += 1
+    keep = {}
+    for name, order in ranked.items():
+      kept = _round(sizes[name] - removed[name], round_to, sizes[name],
+                    min_channels)
+      keep[name] = np.sort(order[:kept])
+    return keep
+
+  total = sum(sizes[name] for name in ranked)
+  if budget == "neurons":
+    return plan(min(int(round(ratio * total)), len(candidates)))
+  dense = planned_macs(analysis, {})
+  target = (1.0 - ratio) * dense
+  lo, hi = 0, len(candidates)  # find the fewest removals meeting the target
+  while lo < hi:
+    mid = (lo + hi) // 2
+    if planned_macs(analysis, plan(mid)) <= target:
+      hi = mid
+    else:
+      lo = mid + 1
+  return plan(lo)
+
+
+def _check_arguments(ratio, budget, min_channels, round_to):
+  if not 0.0 < ratio < 1.0:
+    raise ValueError(f"`ratio` must be in (0, 1), received {ratio!r}.")
+  if budget not in BUDGETS:
+    raise ValueError(f"`budget` must be one of {BUDGETS}, received "
+                     f"{budget!r}.")
+  if not isinstance(min_channels, (int, np.integer)) or min_channels < 1:
+    raise ValueError(f"`min_channels` must be an integer >= 1, received "
+                     f"{min_channels!r}.")
+  if not isinstance(round_to, (int, np.integer)) or round_to < 1:
+    raise ValueError(f"`round_to` must be an integer >= 1, received "
+                     f"{round_to!r}.")
+
+
+def _round(kept, round_to, size, min_channels):
+  if round_to > 1:
+    kept = int(round(kept / round_to)) * round_to
+    kept = max(kept, round_to)
+  return int(np.clip(kept, min(min_channels, size), size))
+
+
+def planned_macs(analysis, keep):
+  """MACs of the model pruned by `keep`, without building it."""
+  removed = analysis.removed_labels(keep)
   total = 0
-  for path, op, node in graph.walk_calls(model):
-    total += _layer_macs(path, op, node)
+  for path, op, node, ins, outs in analysis.all_calls:
+    c_in = int(analysis.keep_mask(ins[0], removed).sum()) if ins else None
+    c_out = int(analysis.keep_mask(outs[0], removed).sum())
+    total += _layer_macs(path, op, node, c_in, c_out)
   return total
 
 
-def _layer_macs(path, op, node):
-  """MACs of one call of one layer; 0 for layers that are not counted."""
+def _layer_macs(path, op, node, c_in=None, c_out=None):
+  """MACs of one call of one layer; 0 for layers that are not counted.
+
+  `c_in` and `c_out` override the channel counts of the call's tensors.
+  """
   if not isinstance(op, (*graph._CONV, *graph._CONV_TRANSPOSE,  # pylint: disable=protected-access
                          *graph._DEPTHWISE, *graph._SEPARABLE,  # pylint: disable=protected-access
                          graph._L.Dense)):  # pylint: disable=protected-access
@@ -49,7 +186,11 @@ def _layer_macs(path, op, node):
         f"count_macs: layer '{path}' ({type(op).__name__}) has an unknown "
         f"shape (input {in_shape}, output {out_shape}). Build the model with "
         "a fixed input shape, e.g. keras.Input((224, 224, 3)).")
-  c_in, c_out = in_shape[-1], out_shape[-1]
+  groups = getattr(op, "groups", 1)
+  if c_in is not None and groups > 1 and groups == in_shape[-1]:
+    groups = c_in  # depthwise-like grouped conv shrinks its groups
+  c_in = in_shape[-1] if c_in is None else c_in
+  c_out = out_shape[-1] if c_out is None else c_out
   if isinstance(op, graph._L.Dense):  # pylint: disable=protected-access
     return math.prod(out_shape[:-1]) * c_in * c_out
   kernel = math.prod(op.kernel_size)
@@ -57,7 +198,7 @@ def _layer_macs(path, op, node):
     return math.prod(in_shape[:-1]) * c_in * c_out * kernel
   positions = math.prod(out_shape[:-1])
   if isinstance(op, graph._CONV):  # pylint: disable=protected-access
-    return positions * kernel * (c_in // op.groups) * c_out
+    return positions * kernel * (c_in // groups) * c_out
   if isinstance(op, graph._DEPTHWISE):  # pylint: disable=protected-access
     return positions * kernel * c_out
   mid = c_in * op.depth_multiplier  # separable: depthwise then pointwise

@@ -238,6 +238,7 @@ class _Analysis:
     self._fresh = {}  # producer path -> labels
     self.sources = {}  # producer path -> labels (walk order)
     self.calls = {}  # layer path -> (op, input labels, output labels), 1st call
+    self.all_calls = []  # (path, op, node, input labels, output labels)
     self.model_inputs = {}  # id(nested model) -> input labels, first call
     self._tied = {}  # layer path -> input labels of the first call
     self.unsupported = {}  # layer path -> reason
@@ -346,6 +347,7 @@ class _Analysis:
                            f"{len(node.outputs)} outputs")
     if isinstance(op, _L.Layer) and not isinstance(op, keras.Model):
       self.calls.setdefault(path, (op, ins, outs))
+      self.all_calls.append((path, op, node, ins, outs))
     return outs
 
   def _tie(self, path, ins):

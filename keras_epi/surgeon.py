@@ -7,6 +7,8 @@ every surviving weight. How one layer type is cut lives in `_WEIGHT_AXES` and
 and which its output channels.
 """
 
+import functools
+
 from absl import logging
 import keras
 import numpy as np
@@ -69,9 +71,16 @@ def prune_model(model, keep, *, ignore=()):
   >>> keep = {g.name: range(g.size // 2) for g in groups}
   >>> small = keras_epi.prune_model(model, keep)
   """
+  return prune_with_surgeon(model, keep, ignore)[0]
+
+
+def prune_with_surgeon(model, keep, ignore=()):
+  """`prune_model` that also returns the surgeon, whose `weight_pairs` maps
+  old variables to new ones (for optimizer-state transfer). Internal."""
   analysis = graph.analyze(model, ignore)
   removed = analysis.removed_labels(keep)
-  return _Surgeon(analysis, removed).model(model, "")
+  surgeon = _Surgeon(analysis, removed)
+  return surgeon.model(model, ""), surgeon
 
 
 class _Surgeon:
@@ -148,27 +157,37 @@ class _Surgeon:
       masks["mid"] = np.repeat(masks["in"], layer.depth_multiplier)
     return masks
 
-  def _load_weights(self):
+  def weight_pairs(self):
+    """Yields ``(old variable, new variable, slice)`` for every weight, where
+    ``slice(array)`` cuts an array shaped like the old variable (its value or
+    an optimizer slot) to the new variable's shape."""
     for path, (old, new) in self._layers.items():
       _, ins, outs = self._analysis.calls[path]
       masks = self._masks(old, ins, outs)
       axes = _weight_axes(old)
-      values = []
-      for weight in old.weights:
-        value = keras.ops.convert_to_numpy(weight)
-        for axis, side in axes.get(weight.name, ()):
-          if value.shape[axis] == len(masks[side]):
-            value = np.compress(masks[side], value, axis=axis)
-        values.append(value)
-      expected = [tuple(w.shape) for w in new.weights]
-      got = [v.shape for v in values]
-      if expected != got:
+      for old_weight, new_weight in zip(old.weights, new.weights):
+        cuts = [(axis, masks[side])
+                for axis, side in axes.get(old_weight.name, ())]
+        yield old_weight, new_weight, functools.partial(_cut, cuts=cuts)
+
+  def _load_weights(self):
+    for old, new, cut in self.weight_pairs():
+      value = cut(keras.ops.convert_to_numpy(old))
+      if value.shape != tuple(new.shape):
         raise AssertionError(
-            f"keras_epi surgeon: layer '{path}' ({type(old).__name__}) "
-            f"expects weight shapes {expected}, sliced {got}. Please report "
-            "this; pass the layer in `ignore=` meanwhile.")
-      new.set_weights(values)
+            f"keras_epi surgeon: weight '{old.path}' expects shape "
+            f"{tuple(new.shape)}, sliced {value.shape}. Please report this; "
+            "pass the layer in `ignore=` meanwhile.")
+      new.assign(value)
     logging.vlog(1, "keras_epi: rebuilt %d layers", len(self._layers))
+
+
+def _cut(value, cuts):
+  """Keeps the masked entries of `value` along each (axis, mask) cut."""
+  for axis, mask in cuts:
+    if value.shape[axis] == len(mask):
+      value = np.compress(mask, value, axis=axis)
+  return value
 
 
 def _weight_axes(layer):
@@ -196,3 +215,49 @@ def _new_config(layer, masks):
     if target[-1] != -1:  # with -1, Keras infers the size
       config["target_shape"] = tuple(target[:-1]) + (n_out,)
   return config
+
+
+def output_axis(layer, weight_name):
+  """Axis of `weight_name` that follows the layer's output channels, or None.
+
+  Returns "depthwise" for a depthwise kernel ``(..., C, m)``, whose output
+  channel ``c * m + k`` is the slice ``[..., c, k]``.
+  """
+  if isinstance(layer, graph._DEPTHWISE) and weight_name == "kernel":  # pylint: disable=protected-access
+    return "depthwise"
+  for axis, side in _weight_axes(layer).get(weight_name, ()):
+    if side == "out":
+      return axis
+  return None
+
+
+def output_filters(layer):
+  """The weights that produce each output channel of a layer.
+
+  Args:
+    layer: A Keras layer.
+
+  Returns:
+    An array of shape ``(output channels, weights per channel)`` with the
+    kernel weights of each output channel, for layers that create their output
+    channels (convolutions of every kind, Dense), or None for the others.
+  """
+  if isinstance(layer, (_L.BatchNormalization, _L.PReLU)):
+    return None
+  for weight in layer.weights:
+    name = "pointwise_kernel" if isinstance(layer, graph._SEPARABLE) else \
+        "kernel"  # pylint: disable=protected-access
+    if weight.name != name:
+      continue
+    return per_output_channel(keras.ops.convert_to_numpy(weight),
+                              output_axis(layer, name))
+  return None
+
+
+def per_output_channel(value, axis):
+  """Reshapes a weight to ``(output channels, rest)`` (NumPy)."""
+  if axis == "depthwise":
+    value = value.reshape(*value.shape[:-2], -1)  # (..., C*m), c-major
+    axis = -1
+  value = np.moveaxis(value, axis, 0)
+  return value.reshape(value.shape[0], -1)

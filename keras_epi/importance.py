@@ -1,0 +1,182 @@
+"""How much each channel of a group matters.
+
+Scores are per group: ``{group name: np.ndarray of shape (group.size,)}``,
+higher meaning more important. Coupled channels are scored as one: a group's
+score for channel ``i`` is the sum of its members' scores for the positions
+that carry channel ``i`` (HALP's convention for coupled groups).
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_epi import surgeon
+
+TAYLOR_REDUCTIONS = ("square", "abs")
+
+
+def magnitude_importance(model, groups):
+  """Filter-magnitude importance, normalised by filter size.
+
+  For every member layer that creates the channel (a convolution or Dense
+  kernel), the filter ``W_n`` producing output channel ``n`` scores
+  ``||W_n||_2 / sqrt(P)`` with ``P`` its number of weights, so that a global
+  ranking is not dominated by layers with a wide fan-in. The group's score for
+  a channel is the sum over its producing members (EPI-METHOD.md, [T]).
+
+  Args:
+    model: The model the groups were computed on.
+    groups: The list returned by `keras_epi.channel_groups(model)`.
+
+  Returns:
+    ``{group name: float64 array of shape (group.size,)}``.
+  """
+  scores = {}
+  for group in groups:
+    total = np.zeros(group.size)
+    for path, positions in group.members:
+      filters = surgeon.output_filters(_resolve(model, path))
+      if filters is None:
+        continue
+      norms = np.linalg.norm(filters.astype(np.float64), axis=1) / np.sqrt(
+          filters.shape[1])
+      per_channel = norms[positions]
+      total += per_channel.sum(axis=1) if per_channel.ndim == 2 else \
+          per_channel
+    scores[group.name] = total
+  return scores
+
+
+class TaylorScorer:
+  """First-order Taylor importance from the gradients of the train step.
+
+  Per mini-batch and group channel ``i`` (Molchanov et al. 2019,
+  arXiv:1906.10771, "gate after BN"; coupled members summed as in HALP)::
+
+    s_i = sum over BatchNormalization members of
+          gamma_c * dL/dgamma_c + beta_c * dL/dbeta_c     (c carrying i)
+
+  and, for a group without a trainable BatchNormalization, the fallback
+  ``s_i = sum over producing members of sum(w * dL/dw)`` over the kernel
+  weights and bias of the filters producing ``i``. Over the batches of an
+  interval the score is ``mean(s_i ** 2)`` (reduction "square",
+  Taylor_pruning) or ``mean(|s_i|)`` ("abs", HALP).
+
+  `update` is called from inside the optimizer's `apply` with the gradients
+  the train step has already computed (no second backward pass). Under a
+  `tf.distribute` strategy each replica's ``s`` comes from its share of the
+  global batch (Keras scales the per-replica loss by 1/replicas), so the
+  replicas' ``s`` are summed with an all-reduce before squaring: the result
+  equals the single-device score for the same global batch. Batches whose
+  ``s`` is not finite are skipped and counted in `skipped`.
+  """
+
+  def __init__(self, model, groups, reduction="square"):
+    if reduction not in TAYLOR_REDUCTIONS:
+      raise ValueError(f"`taylor_reduction` must be one of "
+                       f"{TAYLOR_REDUCTIONS}, received {reduction!r}.")
+    self.reduction = reduction
+    self.groups = list(groups)
+    self._terms = [self._group_terms(model, g) for g in self.groups]
+    total = sum(g.size for g in self.groups)
+    with model.distribute_strategy.scope():
+      kwargs = dict(trainable=False,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      self.total = tf.Variable(tf.zeros([total], tf.float32), **kwargs)
+      self.steps = tf.Variable(0, dtype=tf.int64, **kwargs)
+      self.skipped = tf.Variable(0, dtype=tf.int64, **kwargs)
+
+  @staticmethod
+  def _group_terms(model, group):
+    """[(kind, layer, positions)]: BN members, else producing members."""
+    bn, producers = [], []
+    for path, positions in group.members:
+      layer = _resolve(model, path)
+      if isinstance(layer, keras.layers.BatchNormalization):
+        if layer.trainable and (layer.scale or layer.center):
+          bn.append(("bn", layer, positions))
+      elif layer.trainable and surgeon.output_filters(layer) is not None:
+        producers.append(("filter", layer, positions))
+    return bn or producers
+
+  def update(self, grads, variables):
+    """Adds one batch. Runs in replica context inside the train step."""
+    grad_of = {id(v): g for g, v in zip(grads, variables) if g is not None}
+    parts = []
+    for group, terms in zip(self.groups, self._terms):
+      s = tf.zeros([group.size], tf.float32)
+      for kind, layer, positions in terms:
+        per_channel = (_bn_taylor if kind == "bn" else _filter_taylor)(
+            layer, grad_of)
+        if per_channel is None:
+          continue
+        gathered = tf.gather(per_channel, positions)
+        if len(positions.shape) == 2:
+          gathered = tf.reduce_sum(gathered, axis=1)
+        s += gathered
+      parts.append(s)
+    s = tf.concat(parts, axis=0)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+      s = context.all_reduce(tf.distribute.ReduceOp.SUM, s)
+    finite = tf.reduce_all(tf.math.is_finite(s))
+    score = tf.square(s) if self.reduction == "square" else tf.abs(s)
+    self.total.assign_add(tf.where(finite, score, tf.zeros_like(score)))
+    self.steps.assign_add(tf.cast(finite, tf.int64))
+    self.skipped.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
+
+  def result(self):
+    """``{group name: mean score over the interval}`` (NumPy), or None when
+    no batch was scored."""
+    steps = int(self.steps.numpy())
+    if steps == 0:
+      return None
+    total = self.total.numpy().astype(np.float64) / steps
+    scores, start = {}, 0
+    for group in self.groups:
+      scores[group.name] = total[start:start + group.size]
+      start += group.size
+    return scores
+
+  def reset(self):
+    self.total.assign(tf.zeros_like(self.total))
+    self.steps.assign(0)
+
+
+def _bn_taylor(layer, grad_of):
+  """``gamma * dL/dgamma + beta * dL/dbeta`` per channel, or None."""
+  s = None
+  for weight in (getattr(layer, "gamma", None), getattr(layer, "beta", None)):
+    if weight is None or id(weight) not in grad_of:
+      continue
+    term = tf.cast(weight.value, tf.float32) * tf.cast(grad_of[id(weight)],
+                                                       tf.float32)
+    s = term if s is None else s + term
+  return s
+
+
+def _filter_taylor(layer, grad_of):
+  """``sum(w * dL/dw)`` over each output channel's kernel and bias."""
+  s = None
+  for weight in layer.weights:
+    axis = surgeon.output_axis(layer, weight.name)
+    if axis is None or id(weight) not in grad_of:
+      continue
+    product = tf.cast(weight.value, tf.float32) * tf.cast(grad_of[id(weight)],
+                                                          tf.float32)
+    if axis == "depthwise":
+      product = tf.reshape(product, [-1, product.shape[-2] *
+                                     product.shape[-1]])
+      axis = -1
+    ndim = len(product.shape)
+    axis %= ndim
+    term = tf.reduce_sum(product, axis=[a for a in range(ndim) if a != axis])
+    s = term if s is None else s + term
+  return s
+
+
+def _resolve(model, path):
+  layer = model
+  for name in path.split("/"):
+    layer = layer.get_layer(name)
+  return layer

@@ -1,0 +1,149 @@
+"""keras_epi.fit: `Model.fit` that continues on the physically pruned model.
+
+Training runs on the dense model until the EPICallback fires; then the model
+is cut (`keras_epi.prune_model`), compiled with the same loss and metrics and
+an optimizer of the same configuration whose state is carried over (the step
+counter, so the learning-rate schedule continues, and the slots of surviving
+channels, sliced), and training continues on the smaller model to the last
+epoch with the same callbacks. One History covers all epochs.
+"""
+
+import keras
+import numpy as np
+
+from keras_epi import callbacks as callbacks_lib
+
+
+def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
+        **kwargs):
+  """Trains `model` with EPI, continuing on the pruned model after the trigger.
+
+  Takes the arguments of `keras.Model.fit`; `callbacks` must contain exactly
+  one `keras_epi.EPICallback`. The data (`x`, `y`, `validation_data`) is
+  iterated again after the prune, so pass arrays, a `tf.data.Dataset` or a
+  `keras.utils.PyDataset`, not a one-shot generator.
+
+  Args:
+    model: A compiled functional or Sequential `keras.Model`.
+    x: As in `Model.fit`.
+    y: As in `Model.fit`.
+    callbacks: As in `Model.fit`, including one `EPICallback`.
+    epochs: As in `Model.fit`: the index of the last epoch + 1.
+    initial_epoch: As in `Model.fit`.
+    **kwargs: Any other argument of `Model.fit`.
+
+  Returns:
+    ``(final_model, history)``: the pruned model if pruning happened (else
+    `model`), and a `keras.callbacks.History` over all epochs.
+
+  Raises:
+    ValueError: if `callbacks` has no or several EPICallbacks, or the model is
+      not compiled.
+
+  Example:
+  >>> cb = keras_epi.EPICallback(prune_ratio=0.5)
+  >>> small, history = keras_epi.fit(model, x, y, epochs=30, callbacks=[cb])
+  """
+  callbacks = list(callbacks or [])
+  epi = [c for c in callbacks if isinstance(c, callbacks_lib.EPICallback)]
+  if len(epi) != 1:
+    raise ValueError(f"keras_epi.fit needs exactly one EPICallback in "
+                     f"`callbacks`, received {len(epi)}.")
+  if model.optimizer is None or not model.compiled:
+    raise ValueError("keras_epi.fit needs a compiled model: call "
+                     "model.compile(...) first.")
+  epi = epi[0]
+  history_cb = _history_of(callbacks)
+  epi._stop_on_prune = True  # pylint: disable=protected-access
+  epi._continuing = False  # pylint: disable=protected-access
+  try:
+    model.fit(x, y, callbacks=callbacks, epochs=epochs,
+              initial_epoch=initial_epoch, **kwargs)
+    if epi.pruned_model is None:
+      return model, history_cb
+    first = {k: list(v) for k, v in history_cb.history.items()}
+    first_epochs = list(history_cb.epoch)
+    if epi.prune_epoch >= epochs:
+      return epi.pruned_model, history_cb
+    pruned = epi.pruned_model
+    with pruned.distribute_strategy.scope():
+      _compile_like(model, pruned, epi._surgeon)  # pylint: disable=protected-access
+    epi._continuing = True  # pylint: disable=protected-access
+    # History keeps its dict across fits but restarts `epoch`. An epoch cut
+    # short by pruning at initialisation is dropped and trained again.
+    start = epi.prune_epoch
+    dense_epochs = max(start - initial_epoch, 0)
+    history_cb.history = {k: v[:dense_epochs] for k, v in first.items()}
+    pruned.fit(x, y, callbacks=callbacks, epochs=epochs, initial_epoch=start,
+               **kwargs)
+  finally:
+    epi._stop_on_prune = False  # pylint: disable=protected-access
+    epi._continuing = False  # pylint: disable=protected-access
+  history_cb.epoch = first_epochs[:dense_epochs] + list(history_cb.epoch)
+  return pruned, history_cb
+
+
+def _history_of(callbacks):
+  """The History shared by both fits (appended to `callbacks` if absent)."""
+  for c in callbacks:
+    if isinstance(c, keras.callbacks.History):
+      return c
+  history = keras.callbacks.History()
+  callbacks.append(history)
+  return history
+
+
+def _compile_like(model, pruned, surgeon):
+  """Compiles `pruned` like `model`, carrying the optimizer state over."""
+  config = dict(model._compile_config.config)  # pylint: disable=protected-access
+  optimizer = model.optimizer
+  new_optimizer = type(optimizer).from_config(optimizer.get_config())
+  config["optimizer"] = new_optimizer
+  for key in ("metrics", "weighted_metrics"):
+    config[key] = keras.tree.map_structure(_fresh_metric, config.get(key))
+  pruned.compile(**config)
+  new_optimizer.build(pruned.trainable_variables)
+  transfer_optimizer_state(optimizer, new_optimizer, surgeon)
+
+
+def _fresh_metric(metric):
+  if isinstance(metric, keras.metrics.Metric):
+    return type(metric).from_config(metric.get_config())
+  return metric
+
+
+def transfer_optimizer_state(old, new, surgeon):
+  """Copies `old`'s state into `new` (built on the pruned model's variables).
+
+  The step counter (so learning-rate schedules continue) and every slot
+  variable (momentum, Adam's moments, ...) of a surviving weight, sliced like
+  the weight. Slots are matched by Keras' naming
+  ``{variable path with '_'}_{slot name}``; variables that are not per-weight
+  slots (loss scale, ...) are copied when their shapes agree.
+  """
+  old_inner = getattr(old, "inner_optimizer", old)
+  new_inner = getattr(new, "inner_optimizer", new)
+  cut_by_prefix = {}
+  for old_weight, new_weight, cut in surgeon.weight_pairs():
+    cut_by_prefix[old_weight.path.replace("/", "_") + "_"] = (
+        new_weight.path.replace("/", "_") + "_", cut)
+  new_by_name = {v.name: v for v in new_inner.variables}
+  for variable in old_inner.variables:
+    name = variable.name
+    prefix = max((p for p in cut_by_prefix if name.startswith(p)), key=len,
+                 default=None)
+    value = keras.ops.convert_to_numpy(variable)
+    if prefix is None:
+      target = new_by_name.get(name)
+    else:
+      new_prefix, cut = cut_by_prefix[prefix]
+      target = new_by_name.get(new_prefix + name[len(prefix):])
+      value = cut(value)
+    if target is not None and tuple(target.shape) == value.shape:
+      target.assign(value)
+  if new is not new_inner:  # loss-scale optimizer: its own variables
+    for a, b in zip(old.variables, new.variables):
+      if tuple(a.shape) == tuple(b.shape) and a.name == b.name:
+        b.assign(keras.ops.convert_to_numpy(a))
+  new.iterations.assign(np.asarray(keras.ops.convert_to_numpy(
+      old.iterations)))

@@ -1,0 +1,45 @@
+"""keras_epi: early structural pruning (EPI) for Keras 3 CNNs."""
+
+import os
+
+import setuptools
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _version():
+  scope = {}
+  with open(os.path.join(_HERE, "keras_epi", "version.py")) as f:
+    exec(f.read(), scope)  # pylint: disable=exec-used
+  return scope["__version__"]
+
+
+with open(os.path.join(_HERE, "README.md")) as f:
+  _LONG_DESCRIPTION = f.read()
+
+setuptools.setup(
+    name="keras-epi",
+    version=_version(),
+    description=("Early structural pruning for Keras 3: prune CNN filters as "
+                 "soon as the sub-network stabilises (EPI, CVPR 2022)."),
+    long_description=_LONG_DESCRIPTION,
+    long_description_content_type="text/markdown",
+    packages=["keras_epi"],
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.16,<3",
+        "keras>=3.5,<4",
+        "absl-py>=1.0",
+        "numpy>=1.24",
+        "tensorflow-datasets>=4.9",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-xdist>=3"],
+        "bench": ["matplotlib>=3.7"],
+    },
+    license="Apache-2.0",
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
