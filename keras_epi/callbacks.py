@@ -22,6 +22,9 @@ optimizer's `apply` for the duration of `fit`, so no second backward pass is
 paid.
 """
 
+import json
+import os
+
 from absl import logging
 import keras
 import numpy as np
@@ -34,6 +37,7 @@ from keras_epi import indicators
 from keras_epi import surgeon
 
 CRITERIA = ("taylor", "magnitude")
+_STATE_FILE = "keras_epi_state.json"
 POLICIES = ("epi", "early_bird", "fixed")
 
 
@@ -74,6 +78,10 @@ class EPICallback(keras.callbacks.Callback):
     init_steps: Batches scored before pruning at initialisation.
     early_bird_penalty: L1 coefficient on BN gamma for "early_bird".
     early_bird_distance: Early-Bird's mask distance threshold.
+    backup_dir: Directory where the run state (indicator history, the prune
+      plan) is saved every epoch, so that a run interrupted and restarted
+      with `keras.callbacks.BackupAndRestore` resumes it. `keras_epi.fit`
+      takes it from a BackupAndRestore in its callbacks when None.
     verbose: 1 logs the prune event.
 
   Attributes:
@@ -92,7 +100,8 @@ class EPICallback(keras.callbacks.Callback):
                window=5, threshold=None, policy="epi", prune_epoch=None,
                ignore=(), min_channels=1, round_to=1, keep_stem=True,
                taylor_reduction="square", init_steps=20,
-               early_bird_penalty=1e-4, early_bird_distance=0.1, verbose=1):
+               early_bird_penalty=1e-4, early_bird_distance=0.1,
+               backup_dir=None, verbose=1):
     super().__init__()
     if isinstance(prune_ratio, bool) or not isinstance(
         prune_ratio, (int, float)) or not 0.0 < prune_ratio < 1.0:
@@ -148,6 +157,7 @@ class EPICallback(keras.callbacks.Callback):
     self.init_steps = init_steps
     self.early_bird_penalty = float(early_bird_penalty)
     self.early_bird_distance = float(early_bird_distance)
+    self.backup_dir = backup_dir
     self.verbose = verbose
     # Set by keras_epi.fit: stop `fit` at the trigger / continue a run.
     self._stop_on_prune = False
@@ -185,7 +195,8 @@ class EPICallback(keras.callbacks.Callback):
   # -- Keras lifecycle ------------------------------------------------------
 
   def on_train_begin(self, logs=None):
-    if self._continuing:  # keras_epi.fit resumed on the pruned model
+    if self._continuing:  # keras_epi.fit goes on with the pruned model
+      self._save_state()
       return
     self._reset_run_state()
     model = self.model
@@ -203,13 +214,21 @@ class EPICallback(keras.callbacks.Callback):
     needs_gradients = (self.criterion == "taylor" or
                        self.policy == "early_bird")
     if needs_gradients:
-      if model.optimizer is None:
+      if getattr(model, "optimizer", None) is None:
         raise ValueError("EPICallback needs a compiled model (an optimizer) "
                          "for Taylor scores and Early-Bird.")
       if self.criterion == "taylor" and self.policy != "early_bird":
         self._scorer = importance_lib.TaylorScorer(
             model, self._groups, reduction=self.taylor_reduction)
       self._install_gradient_hook()
+    saved = self.load_saved_state()
+    if saved is not None:  # resuming an interrupted run
+      self.set_state(saved)
+      if self.pruned:
+        self._start_masking()
+        logging.info("EPICallback: resumed a run pruned after %d epochs.",
+                     self.prune_epoch)
+      return
     if self.policy == "fixed" and self.fixed_epoch == 0 and (
         self._scorer is None):
       self._prune(self._current_scores(), 0)
@@ -229,6 +248,7 @@ class EPICallback(keras.callbacks.Callback):
     logs = logs if logs is not None else {}
     if self.pruned:
       logs.update(self._last_logs)
+      self._save_state()
       return
     scores = self._current_scores()
     if scores is None:  # nothing scored this epoch (e.g. zero steps)
@@ -260,6 +280,7 @@ class EPICallback(keras.callbacks.Callback):
     logs.update(self._last_logs)
     if fired:
       self._prune(scores, epoch + 1, keep)
+    self._save_state()
 
   def on_train_end(self, logs=None):
     self._remove_gradient_hook()
@@ -341,9 +362,8 @@ class EPICallback(keras.callbacks.Callback):
     self.keep = keep
     self.prune_epoch = prune_epoch
     macs_before = self._macs_dense
-    self._masks = channel_masks(model, self._analysis, keep)
-    self._apply_masks = _make_mask_function(self._masks)
-    self._apply_masks()
+    if not self._stop_on_prune:  # keras_epi.fit trains the cut model instead
+      self._start_masking()
     with model.distribute_strategy.scope():
       self.pruned_model, self._surgeon = surgeon.prune_with_surgeon(
           model, keep, self.ignore)
@@ -372,11 +392,17 @@ class EPICallback(keras.callbacks.Callback):
     elif self._hook is not None:
       self.model.make_train_function(force=True)  # drop scoring from steps
 
+  def _start_masking(self):
+    self._masks = channel_masks(self.model, self._analysis, self.keep)
+    self._apply_masks = _make_mask_function(self._masks)
+    self._apply_masks()
+
   # -- checkpointable state (BackupAndRestore-style resumption) --------------
 
   def get_state(self):
     """The run state as plain data (for resuming an interrupted run)."""
     return {
+        "version": 1,
         "prune_epoch": self.prune_epoch,
         "keep": None if self.keep is None else {
             k: np.asarray(v).tolist() for k, v in self.keep.items()},
@@ -386,6 +412,43 @@ class EPICallback(keras.callbacks.Callback):
         "epi_history": self.epi_history,
         "last_logs": self._last_logs,
     }
+
+  def set_state(self, state):
+    """Restores `get_state()` output (after `on_train_begin`'s reset)."""
+    self._epi.set_state(state["epi"])
+    self._early_bird.set_state(state["early_bird"])
+    self.width_history = list(state["width_history"])
+    self.epi_history = list(state["epi_history"])
+    self._last_logs = dict(state["last_logs"])
+    if state["prune_epoch"] is not None:
+      self.prune_epoch = state["prune_epoch"]
+      self.keep = {k: np.asarray(v, dtype=np.int64)
+                   for k, v in state["keep"].items()}
+
+  @property
+  def state_path(self):
+    """Where the run state is saved, or None without `backup_dir`."""
+    if self.backup_dir is None:
+      return None
+    return os.path.join(self.backup_dir, _STATE_FILE)
+
+  def load_saved_state(self):
+    """The state saved in `backup_dir` by an interrupted run, or None."""
+    path = self.state_path
+    if path is None or not tf.io.gfile.exists(path):
+      return None
+    with tf.io.gfile.GFile(path) as f:
+      return json.load(f)
+
+  def _save_state(self):
+    path = self.state_path
+    if path is None:
+      return
+    tf.io.gfile.makedirs(self.backup_dir)
+    tmp = path + ".tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+      json.dump(self.get_state(), f)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def channel_masks(model, analysis, keep):

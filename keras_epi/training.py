@@ -12,6 +12,7 @@ import keras
 import numpy as np
 
 from keras_epi import callbacks as callbacks_lib
+from keras_epi import surgeon as surgeon_lib
 
 
 def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
@@ -49,20 +50,35 @@ def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
   if len(epi) != 1:
     raise ValueError(f"keras_epi.fit needs exactly one EPICallback in "
                      f"`callbacks`, received {len(epi)}.")
-  if model.optimizer is None or not model.compiled:
+  if getattr(model, "optimizer", None) is None or not model.compiled:
     raise ValueError("keras_epi.fit needs a compiled model: call "
                      "model.compile(...) first.")
   epi = epi[0]
   history_cb = _history_of(callbacks)
+  if epi.backup_dir is None:
+    for c in callbacks:
+      if isinstance(c, keras.callbacks.BackupAndRestore):
+        epi.backup_dir = c.backup_dir
+  saved = epi.load_saved_state()
   epi._stop_on_prune = True  # pylint: disable=protected-access
   epi._continuing = False  # pylint: disable=protected-access
   try:
-    model.fit(x, y, callbacks=callbacks, epochs=epochs,
-              initial_epoch=initial_epoch, **kwargs)
-    if epi.pruned_model is None:
-      return model, history_cb
-    first = {k: list(v) for k, v in history_cb.history.items()}
-    first_epochs = list(history_cb.epoch)
+    if saved is not None and saved["prune_epoch"] is not None:
+      # Resuming a run interrupted after the prune: rebuild the pruned model
+      # (BackupAndRestore loads its weights and epoch).
+      epi._reset_run_state()  # pylint: disable=protected-access
+      epi.set_state(saved)
+      with model.distribute_strategy.scope():
+        epi.pruned_model, epi._surgeon = surgeon_lib.prune_with_surgeon(  # pylint: disable=protected-access
+            model, epi.keep, epi.ignore)
+      first, first_epochs = {}, []
+    else:
+      model.fit(x, y, callbacks=callbacks, epochs=epochs,
+                initial_epoch=initial_epoch, **kwargs)
+      if epi.pruned_model is None:
+        return model, history_cb
+      first = {k: list(v) for k, v in history_cb.history.items()}
+      first_epochs = list(history_cb.epoch)
     if epi.prune_epoch >= epochs:
       return epi.pruned_model, history_cb
     pruned = epi.pruned_model

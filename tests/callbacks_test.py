@@ -1,0 +1,225 @@
+"""Tests of keras_epi.EPICallback inside plain model.fit."""
+
+import csv
+
+import keras
+import numpy as np
+import pytest
+
+import keras_epi
+from tests import oracle
+
+L = keras.layers
+
+
+def make_model(seed=0, optimizer=None):
+  """A small residual CNN with BN on a learnable task."""
+  keras.utils.set_random_seed(seed)
+  x = keras.Input((8, 8, 1))
+  h = L.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(x)
+  h = L.ReLU()(L.BatchNormalization(name="stem_bn")(h))
+  a = L.Conv2D(16, 3, padding="same", use_bias=False, name="c1")(h)
+  a = L.ReLU()(L.BatchNormalization(name="bn1")(a))
+  b = L.Conv2D(16, 3, padding="same", use_bias=False, name="c2")(a)
+  b = L.BatchNormalization(name="bn2")(b)
+  s = L.Conv2D(16, 1, use_bias=False, name="short")(h)
+  s = L.BatchNormalization(name="short_bn")(s)
+  h = L.ReLU()(L.Add()([b, s]))
+  y = L.Dense(2, name="fc")(L.GlobalAveragePooling2D()(h))
+  model = keras.Model(x, y)
+  model.compile(optimizer or keras.optimizers.SGD(0.05, momentum=0.9),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"])
+  return model
+
+
+def make_data(n=256, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, 8, 8, 1)).astype("float32")
+  y = (x[:, :4].mean(axis=(1, 2, 3)) > 0).astype("int32")
+  return x, y
+
+
+def test_fit_logs_epi_fires_and_masked_equals_pruned(tmp_path):
+  model = make_model()
+  x, y = make_data()
+  cb = keras_epi.EPICallback(prune_ratio=0.5, window=2, threshold=0.9)
+  csv_path = tmp_path / "log.csv"
+
+  history = model.fit(x, y, epochs=8, batch_size=32, verbose=0,
+                      callbacks=[cb, keras.callbacks.CSVLogger(csv_path)])
+
+  assert cb.prune_epoch is not None and 2 <= cb.prune_epoch < 8
+  for key in ("epi", "kept_fraction", "macs_fraction"):
+    assert len(history.history[key]) == 8
+  with open(csv_path) as f:
+    assert {"epi", "kept_fraction", "macs_fraction"} <= set(
+        next(csv.reader(f)))
+  assert all(0.0 <= v <= 1.0 for v in history.history["epi"])
+  assert history.history["epi"][cb.prune_epoch - 1] >= 0.9
+  # Neuron budget: half of the prunable channels (the stem stays whole).
+  sizes = {g.name: g.size for g in keras_epi.channel_groups(model)}
+  kept = sum(len(v) for v in cb.keep.values())
+  assert kept == sum(s for n, s in sizes.items() if n != "stem") // 2
+  assert "stem" not in cb.keep
+  # The model trained on with the channels held at zero: same function.
+  x_test = make_data(32, seed=1)[0]
+  error = oracle.relative_error(cb.pruned_model.predict(x_test, verbose=0),
+                                model.predict(x_test, verbose=0))
+  assert error <= 1e-4
+  assert keras_epi.count_macs(cb.pruned_model) < keras_epi.count_macs(model)
+  assert len(cb.width_history) == cb.prune_epoch
+  assert set(cb.importance) == set(sizes) - {"stem"}
+
+
+def test_removed_channels_and_their_optimizer_slots_stay_exactly_zero():
+  model = make_model()
+  x, y = make_data()
+  cb = keras_epi.EPICallback(prune_ratio=0.5, policy="fixed", prune_epoch=1)
+  model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[cb])
+  removed = np.setdiff1d(np.arange(16), cb.keep["c1"])
+  kernel = keras.ops.convert_to_numpy(model.get_layer("c1").kernel)
+  gamma = keras.ops.convert_to_numpy(model.get_layer("bn1").gamma)
+  assert np.all(kernel[..., removed] == 0) and np.all(gamma[removed] == 0)
+  assert np.abs(kernel[..., cb.keep["c1"]]).min() >= 0  # survivors exist
+  momentum = [v for v in model.optimizer.variables
+              if v.name.startswith("c1_kernel")]
+  assert momentum
+  assert np.all(keras.ops.convert_to_numpy(momentum[0])[..., removed] == 0)
+
+
+def test_fixed_policy_prunes_after_the_given_number_of_epochs():
+  model = make_model()
+  x, y = make_data()
+  cb = keras_epi.EPICallback(prune_ratio=0.3, policy="fixed", prune_epoch=2,
+                             criterion="magnitude")
+  model.fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[cb])
+  assert cb.prune_epoch == 2 and len(cb.width_history) == 2
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "taylor"])
+def test_prune_at_initialisation(criterion):
+  model = make_model()
+  x, y = make_data()
+  cb = keras_epi.EPICallback(prune_ratio=0.3, policy="fixed", prune_epoch=0,
+                             criterion=criterion, init_steps=3)
+  model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[cb])
+  assert cb.prune_epoch == 0 and cb.pruned_model is not None
+  assert cb.width_history == []
+
+
+def test_early_bird_policy_fires_on_stable_masks():
+  model = make_model()
+  x, y = make_data()
+  cb = keras_epi.EPICallback(prune_ratio=0.5, policy="early_bird",
+                             early_bird_distance=0.5)
+  history = model.fit(x, y, epochs=8, batch_size=32, verbose=0,
+                      callbacks=[cb])
+  assert cb.prune_epoch is not None and cb.prune_epoch >= 5
+  assert "eb_distance" in history.history
+
+
+def test_magnitude_budget_macs_is_met():
+  model = make_model()
+  x, y = make_data()
+  cb = keras_epi.EPICallback(prune_ratio=0.5, budget="macs", policy="fixed",
+                             prune_epoch=1, criterion="magnitude")
+  model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+  ratio = keras_epi.count_macs(cb.pruned_model) / keras_epi.count_macs(model)
+  assert 0.44 <= ratio <= 0.5  # one c1 channel is 6% of the MACs
+
+
+def test_callback_is_reusable_across_fits():
+  x, y = make_data()
+  cb = keras_epi.EPICallback(prune_ratio=0.3, policy="fixed", prune_epoch=1)
+  make_model().fit(x, y, epochs=2, batch_size=64, verbose=0, callbacks=[cb])
+  first = cb.pruned_model
+  model = make_model(seed=1)
+  model.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[cb])
+  assert cb.pruned_model is not first and cb.prune_epoch == 1
+  assert len(cb.width_history) == 1
+
+
+def test_optimizer_hook_is_removed_after_fit():
+  model = make_model()
+  x, y = make_data(64)
+  cb = keras_epi.EPICallback(prune_ratio=0.3)
+  model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+  assert "apply" not in vars(model.optimizer)
+
+
+def test_mixed_precision_scores_accumulate_in_float32():
+  keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    model = make_model()
+    x, y = make_data(64)
+    cb = keras_epi.EPICallback(prune_ratio=0.3, policy="fixed",
+                               prune_epoch=1)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  assert cb.pruned_model is not None
+  for scores in cb.importance.values():
+    assert scores.dtype == np.float64 and np.isfinite(scores).all()
+    assert scores.max() > 0
+  assert cb.pruned_model.get_layer("c1").dtype_policy.name == "mixed_float16"
+
+
+def test_resume_with_backup_and_restore(tmp_path):
+  x, y = make_data()
+  backup = str(tmp_path / "backup")
+
+  class Interrupt(keras.callbacks.Callback):
+
+    def on_epoch_end(self, epoch, logs=None):
+      if epoch == 1:
+        raise RuntimeError("preempted")
+
+  def epi():
+    return keras_epi.EPICallback(prune_ratio=0.5, window=1, policy="fixed",
+                                 prune_epoch=4, backup_dir=backup)
+
+  cb = epi()
+  with pytest.raises(RuntimeError, match="preempted"):
+    make_model().fit(x, y, epochs=6, batch_size=32, verbose=0, callbacks=[
+        cb, keras.callbacks.BackupAndRestore(backup), Interrupt()])
+  history_before = list(cb.epi_history)
+
+  resumed = epi()
+  history = make_model(seed=5).fit(
+      x, y, epochs=6, batch_size=32, verbose=0,
+      callbacks=[resumed, keras.callbacks.BackupAndRestore(backup)])
+  assert len(history.epoch) == 4  # epochs 2..5 ran again
+  assert len(history_before) == 2
+  assert resumed.epi_history[:2] == history_before
+  assert len(resumed.epi_history) == 4 and resumed.prune_epoch == 4
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(prune_ratio=0), r"`prune_ratio` must be a number in \(0, 1\)"),
+    (dict(prune_ratio=1.0), r"`prune_ratio` must be a number in \(0, 1\)"),
+    (dict(prune_ratio="0.5"), r"`prune_ratio` must be a number"),
+    (dict(budget="flops"), "`budget` must be one of"),
+    (dict(criterion="l1"), "`criterion` must be one of"),
+    (dict(policy="lottery"), "`policy` must be one of"),
+    (dict(window=0), "`window` must be an integer >= 1"),
+    (dict(threshold=2.0), r"`threshold` must be in \(0, 1\]"),
+    (dict(policy="fixed"), "`prune_epoch` must be an integer >= 0"),
+    (dict(prune_epoch=3), "`prune_epoch` is only used with policy='fixed'"),
+    (dict(round_to=0), "`round_to` must be an integer >= 1"),
+    (dict(min_channels=0), "`min_channels` must be an integer >= 1"),
+    (dict(taylor_reduction="max"), "`taylor_reduction` must be one of"),
+    (dict(init_steps=0), "`init_steps` must be an integer >= 1"),
+    (dict(ignore="conv"), "`ignore` must be a collection"),
+])
+def test_bad_arguments_are_rejected_at_construction(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    keras_epi.EPICallback(**kwargs)
+
+
+def test_model_without_prunable_groups_is_rejected_at_train_begin():
+  model = keras.Sequential([keras.Input((4,)), L.Dense(2)])
+  model.compile("sgd", "mse")
+  with pytest.raises(ValueError, match="no prunable channel groups"):
+    model.fit(np.zeros((4, 4)), np.zeros((4, 2)), verbose=0,
+              callbacks=[keras_epi.EPICallback()])
