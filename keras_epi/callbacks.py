@@ -82,6 +82,11 @@ class EPICallback(keras.callbacks.Callback):
       plan) is saved every epoch, so that a run interrupted and restarted
       with `keras.callbacks.BackupAndRestore` resumes it. `keras_epi.fit`
       takes it from a BackupAndRestore in its callbacks when None.
+    gradual_steps: 1 prunes in one shot at the trigger. k > 1 prunes
+      gradually over the epoch after the trigger, as the group's related
+      code does (HALP, Taylor_pruning): k equal steps spread over that epoch,
+      importance re-estimated before each, removed channels held at zero,
+      and the model is cut at that epoch's end.
     verbose: 1 logs the prune event.
 
   Attributes:
@@ -101,7 +106,7 @@ class EPICallback(keras.callbacks.Callback):
                ignore=(), min_channels=1, round_to=1, keep_stem=True,
                taylor_reduction="square", init_steps=20,
                early_bird_penalty=1e-4, early_bird_distance=0.1,
-               backup_dir=None, verbose=1):
+               backup_dir=None, gradual_steps=1, verbose=1):
     super().__init__()
     if isinstance(prune_ratio, bool) or not isinstance(
         prune_ratio, (int, float)) or not 0.0 < prune_ratio < 1.0:
@@ -157,7 +162,11 @@ class EPICallback(keras.callbacks.Callback):
     self.init_steps = init_steps
     self.early_bird_penalty = float(early_bird_penalty)
     self.early_bird_distance = float(early_bird_distance)
+    if not isinstance(gradual_steps, int) or gradual_steps < 1:
+      raise ValueError(f"`gradual_steps` must be an integer >= 1, received "
+                       f"{gradual_steps!r}.")
     self.backup_dir = backup_dir
+    self.gradual_steps = gradual_steps
     self.verbose = verbose
     # Set by keras_epi.fit: stop `fit` at the trigger / continue a run.
     self._stop_on_prune = False
@@ -184,6 +193,8 @@ class EPICallback(keras.callbacks.Callback):
     self._masks = None
     self._apply_masks = None
     self._surgeon = None
+    self._gradual_epoch = None  # the epoch of gradual pruning, once fired
+    self._gradual_step = 0
     self._epoch = 0
     self._macs_dense = None
     self._last_logs = {}
@@ -229,23 +240,30 @@ class EPICallback(keras.callbacks.Callback):
         logging.info("EPICallback: resumed a run pruned after %d epochs.",
                      self.prune_epoch)
       return
-    if self.policy == "fixed" and self.fixed_epoch == 0 and (
-        self._scorer is None):
-      self._prune(self._current_scores(), 0)
+    if self.policy == "fixed" and self.fixed_epoch == 0:
+      if self.gradual_steps > 1:
+        self._start_gradual(0)
+      elif self._scorer is None:
+        self._prune(self._current_scores(), 0)
 
   def on_train_batch_end(self, batch, logs=None):
-    if self._apply_masks is not None:
-      self._apply_masks()
+    if self._gradual_epoch is not None and not self.pruned:
+      self._gradual_batch_end(batch)
     elif (self.policy == "fixed" and self.fixed_epoch == 0 and
           not self.pruned and self._epoch == 0 and
           batch + 1 >= self.init_steps):
       self._prune(self._current_scores(), 0)
+    if self._apply_masks is not None:
+      self._apply_masks()
 
   def on_epoch_begin(self, epoch, logs=None):
     self._epoch = epoch
 
   def on_epoch_end(self, epoch, logs=None):
     logs = logs if logs is not None else {}
+    if self._gradual_epoch == epoch and not self.pruned:  # last step: cut
+      scores = self._current_scores()
+      self._prune(scores, epoch + 1, self._plan(scores, self.prune_ratio))
     if self.pruned:
       logs.update(self._last_logs)
       self._save_state()
@@ -253,10 +271,7 @@ class EPICallback(keras.callbacks.Callback):
     scores = self._current_scores()
     if scores is None:  # nothing scored this epoch (e.g. zero steps)
       return
-    keep = budget_lib.plan_channels(
-        self._analysis, scores, self.prune_ratio, budget=self.budget,
-        min_channels=self.min_channels, round_to=self.round_to,
-        keep_stem=False)
+    keep = self._plan(scores, self.prune_ratio)
     widths = {g.name: len(keep[g.name]) for g in self._groups}
     self.width_history.append(widths)
     fired = self._epi.update(list(widths.values()))
@@ -278,7 +293,9 @@ class EPICallback(keras.callbacks.Callback):
     elif self.policy == "fixed":
       fired = epoch + 1 >= self.fixed_epoch
     logs.update(self._last_logs)
-    if fired:
+    if fired and self.gradual_steps > 1:
+      self._start_gradual(epoch + 1)
+    elif fired:
       self._prune(scores, epoch + 1, keep)
     self._save_state()
 
@@ -352,12 +369,43 @@ class EPICallback(keras.callbacks.Callback):
 
   # -- pruning --------------------------------------------------------------
 
+  def _plan(self, scores, ratio):
+    """The dominant sub-network for `ratio`; channels already removed by a
+    gradual step are ranked first for removal, so steps only add to it."""
+    if self.keep is not None:
+      scores = {name: np.where(np.isin(np.arange(len(v)), self.keep[name]),
+                               v, -np.inf) for name, v in scores.items()}
+    return budget_lib.plan_channels(
+        self._analysis, scores, ratio, budget=self.budget,
+        min_channels=self.min_channels, round_to=self.round_to,
+        keep_stem=False)
+
+  def _start_gradual(self, epoch):
+    if not self.params or self.params.get("steps") is None:
+      raise ValueError(
+          "EPICallback(gradual_steps>1) needs the number of steps per epoch: "
+          "pass `steps_per_epoch` to fit, or data of known length.")
+    self._gradual_epoch = epoch
+    self._gradual_step = 0
+
+  def _gradual_batch_end(self, batch):
+    if self._epoch != self._gradual_epoch:
+      return
+    step = self._gradual_step + 1
+    if step >= self.gradual_steps or batch + 1 < round(
+        self.params["steps"] * step / self.gradual_steps):
+      return
+    self._gradual_step = step
+    scores = self._current_scores()
+    if scores is None:
+      return
+    self.keep = self._plan(scores, self.prune_ratio * step /
+                           self.gradual_steps)
+    self._start_masking()
+
   def _prune(self, scores, prune_epoch, keep=None):
     if keep is None:
-      keep = budget_lib.plan_channels(
-          self._analysis, scores, self.prune_ratio, budget=self.budget,
-          min_channels=self.min_channels, round_to=self.round_to,
-          keep_stem=False)
+      keep = self._plan(scores, self.prune_ratio)
     model = self.model
     self.keep = keep
     self.prune_epoch = prune_epoch

@@ -211,6 +211,7 @@ def test_resume_with_backup_and_restore(tmp_path):
     (dict(taylor_reduction="max"), "`taylor_reduction` must be one of"),
     (dict(init_steps=0), "`init_steps` must be an integer >= 1"),
     (dict(ignore="conv"), "`ignore` must be a collection"),
+    (dict(gradual_steps=0), "`gradual_steps` must be an integer >= 1"),
 ])
 def test_bad_arguments_are_rejected_at_construction(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -223,3 +224,47 @@ def test_model_without_prunable_groups_is_rejected_at_train_begin():
   with pytest.raises(ValueError, match="no prunable channel groups"):
     model.fit(np.zeros((4, 4)), np.zeros((4, 2)), verbose=0,
               callbacks=[keras_epi.EPICallback()])
+
+
+def test_gradual_pruning_removes_channels_in_steps_then_cuts():
+  model = make_model()
+  x, y = make_data()  # 256 examples, batch 32: 8 steps per epoch
+  cb = keras_epi.EPICallback(prune_ratio=0.5, policy="fixed", prune_epoch=1,
+                             gradual_steps=4)
+  seen = []
+
+  class Spy(keras.callbacks.Callback):
+
+    def on_train_batch_end(self, batch, logs=None):
+      if cb.keep is not None:
+        kept = {k: set(v.tolist()) for k, v in cb.keep.items()}
+        if not seen or seen[-1] != kept:
+          seen.append(kept)
+
+  model.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[cb, Spy()])
+
+  assert cb.prune_epoch == 2  # cut at the end of the epoch after the trigger
+  total = [sum(len(v) for v in kept.values()) for kept in seen]
+  prunable = sum(g.size for g in keras_epi.channel_groups(model)) - 8
+  # Steps 1..3 during epoch 1 remove 1/4, 2/4, 3/4 of the budget; the cut at
+  # its end the rest.
+  assert total == [prunable - round(prunable * 0.5 * i / 4)
+                   for i in (1, 2, 3, 4)]
+  for before, after in zip(seen, seen[1:]):  # only ever removes
+    assert all(after[k] <= before[k] for k in before)
+  assert all(set(cb.keep[k].tolist()) <= seen[-1][k] for k in cb.keep)
+  assert sum(len(v) for v in cb.keep.values()) == prunable // 2
+  x_test = make_data(32, seed=1)[0]
+  assert oracle.relative_error(cb.pruned_model.predict(x_test, verbose=0),
+                               model.predict(x_test, verbose=0)) <= 1e-4
+
+
+def test_gradual_pruning_with_keras_epi_fit():
+  model = make_model()
+  x, y = make_data()
+  cb = keras_epi.EPICallback(prune_ratio=0.5, policy="fixed", prune_epoch=1,
+                             gradual_steps=3)
+  final, history = keras_epi.fit(model, x, y, epochs=4, batch_size=32,
+                                 verbose=0, callbacks=[cb])
+  assert cb.prune_epoch == 2 and history.epoch == [0, 1, 2, 3]
+  assert keras_epi.count_macs(final) < keras_epi.count_macs(model)
