@@ -14,6 +14,8 @@ def _version():
   return scope["__version__"]
 
 
+_EXAMPLES = ["matplotlib>=3.7", "tensorboard>=2.16"]
+
 with open(os.path.join(_HERE, "README.md")) as f:
   _LONG_DESCRIPTION = f.read()
 
@@ -34,8 +36,10 @@ setuptools.setup(
         "tensorflow-datasets>=4.9",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3"],
-        "bench": ["matplotlib>=3.7"],
+        # The example trainers write TensorBoard logs and plots.
+        "examples": _EXAMPLES,
+        "test": ["pytest>=7", "pytest-xdist>=3"] + _EXAMPLES,
+        "bench": _EXAMPLES,
     },
     license="Apache-2.0",
     classifiers=[

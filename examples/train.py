@@ -1,0 +1,397 @@
+r"""Trains a CNN with early structural pruning (EPI) and exports it.
+
+  python examples/train.py --dataset=fashion_mnist --model=resnet20 \
+      --epochs=12 --prune_ratio=0.5 --model_dir=runs/fmnist
+
+Writes into --model_dir: config.json (every flag), TensorBoard logs under
+logs/ (loss, accuracy, EPI, widths), history.csv, summary.json, epi.png (EPI
+over epochs with the threshold, widths before/after), checkpoints (backup/
+while training, final.keras), and the final model as a TF SavedModel under
+saved_model/ whose `serve` endpoint takes raw uint8 images. The export is
+verified by reloading it with `tf.saved_model.load` and comparing outputs.
+
+Distribution: --strategy=mirrored uses every local GPU (MirroredStrategy);
+--strategy=multi_worker runs MultiWorkerMirroredStrategy over the workers of
+TF_CONFIG (start the same command on each worker). The batch size is global.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(_HERE))
+sys.path.insert(0, _HERE)
+
+import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import data as data_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+import keras_epi  # pylint: disable=g-import-not-at-top,wrong-import-position
+import models as models_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_DATASET = flags.DEFINE_string(
+    "dataset", "fashion_mnist",
+    "fashion_mnist (offline from Debian's IDX files) or a tensorflow-datasets "
+    "image classification name (cifar10, ...).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None,
+                                "IDX files or the tfds data directory.")
+_MODEL = flags.DEFINE_string(
+    "model", "resnet20",
+    "resnet20/32/44/56/110 (CIFAR-style) or a keras.applications name.")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", None, "Resize images to this size (keras.applications "
+    "models need at least 32).")
+_EPOCHS = flags.DEFINE_integer("epochs", 12, "Training epochs.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", 0.1,
+                                    "Peak learning rate (SGD, momentum 0.9).")
+_WARMUP_EPOCHS = flags.DEFINE_float("warmup_epochs", 1.0,
+                                    "Linear warm-up before the cosine decay.")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 5e-4,
+                                   "L2 on kernels (CIFAR ResNets).")
+_AUGMENT = flags.DEFINE_bool("augment", True,
+                             "Random crop and flip of training images.")
+_PRUNE_RATIO = flags.DEFINE_float("prune_ratio", 0.5,
+                                  "Fraction of the budget removed.")
+_BUDGET = flags.DEFINE_enum("budget", "neurons", ["neurons", "macs"],
+                            "What --prune_ratio is a fraction of.")
+_CRITERION = flags.DEFINE_enum("criterion", "taylor", ["taylor", "magnitude"],
+                               "Filter importance.")
+_POLICY = flags.DEFINE_enum(
+    "policy", "epi", ["epi", "early_bird", "fixed", "none"],
+    "When to prune: EPI, Early-Bird, after --prune_epoch epochs, or never.")
+_PRUNE_EPOCH = flags.DEFINE_integer("prune_epoch", None,
+                                    "Dense epochs before pruning (fixed).")
+_EPI_WINDOW = flags.DEFINE_integer("epi_window", 5, "EPI window r.")
+_EPI_THRESHOLD = flags.DEFINE_float(
+    "epi_threshold", None, "EPI threshold tau (default: the paper's value "
+    "for the criterion, 0.944 taylor / 0.983 magnitude).")
+_ROUND_TO = flags.DEFINE_integer("round_to", 1,
+                                 "Kept widths are multiples of this.")
+_GRADUAL_STEPS = flags.DEFINE_integer(
+    "gradual_steps", 1, "1: one-shot prune; k: k steps over one epoch.")
+_CONTINUE_ON_PRUNED = flags.DEFINE_bool(
+    "continue_on_pruned", True,
+    "Continue training on the physically pruned model (keras_epi.fit); "
+    "otherwise hold removed channels at zero in the dense model.")
+_STRATEGY = flags.DEFINE_enum("strategy", "one_device",
+                              ["one_device", "mirrored", "multi_worker"],
+                              "tf.distribute strategy.")
+_MIXED_PRECISION = flags.DEFINE_bool("mixed_precision", False,
+                                     "mixed_float16 compute.")
+_MAX_TRAIN_EXAMPLES = flags.DEFINE_integer(
+    "max_train_examples", None, "Use only this many training examples.")
+_VALIDATION_EXAMPLES = flags.DEFINE_integer(
+    "validation_examples", 0,
+    "Held out of the training split for validation (threshold tuning).")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Output directory.")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+_VERBOSE = flags.DEFINE_integer("verbose", 1,
+                                "Keras verbosity: 1 progress bar, 2 lines.")
+flags.mark_flag_as_required("model_dir")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Every flag, typed; saved as config.json beside the run."""
+  dataset: str
+  data_dir: str | None
+  model: str
+  image_size: int | None
+  epochs: int
+  batch_size: int
+  learning_rate: float
+  warmup_epochs: float
+  weight_decay: float
+  augment: bool
+  prune_ratio: float
+  budget: str
+  criterion: str
+  policy: str
+  prune_epoch: int | None
+  epi_window: int
+  epi_threshold: float | None
+  round_to: int
+  gradual_steps: int
+  continue_on_pruned: bool
+  strategy: str
+  mixed_precision: bool
+  max_train_examples: int | None
+  validation_examples: int
+  model_dir: str
+  seed: int
+  verbose: int
+
+
+def config_from_flags():
+  """Reads the flags into a TrainConfig and checks them."""
+  config = TrainConfig(**{f.name: flags.FLAGS[f.name].value
+                          for f in dataclasses.fields(TrainConfig)})
+  if not 0 < config.prune_ratio < 1:
+    raise app.UsageError(
+        f"--prune_ratio must be in (0, 1), got {config.prune_ratio}.")
+  if config.epochs < 1 or config.batch_size < 1:
+    raise app.UsageError("--epochs and --batch_size must be >= 1.")
+  if config.policy == "fixed" and (config.prune_epoch is None or
+                                   config.prune_epoch < 0):
+    raise app.UsageError("--policy=fixed needs --prune_epoch >= 0.")
+  if config.policy != "fixed" and config.prune_epoch is not None:
+    raise app.UsageError("--prune_epoch is only used with --policy=fixed.")
+  if config.model not in models_lib.CIFAR_RESNETS and not hasattr(
+      keras.applications, config.model):
+    raise app.UsageError(
+        f"--model={config.model} is unknown: use one of "
+        f"{sorted(models_lib.CIFAR_RESNETS)} or a keras.applications name "
+        "(ResNet50, MobileNetV2, ...).")
+  return config
+
+
+def make_strategy(name):
+  if name == "multi_worker":
+    if "TF_CONFIG" not in os.environ:
+      raise app.UsageError("--strategy=multi_worker needs TF_CONFIG (the "
+                           "cluster and this worker's task).")
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy()
+  gpus = tf.config.list_logical_devices("GPU")
+  return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+
+
+def is_chief(strategy):
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return True
+  return resolver.task_type == "chief" or (
+      resolver.task_type == "worker" and resolver.task_id == 0 and
+      "chief" not in resolver.cluster_spec().as_dict())
+
+
+def learning_rate_schedule(config, steps_per_epoch):
+  total = max(config.epochs * steps_per_epoch, 1)
+  warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
+  return keras.optimizers.schedules.CosineDecay(
+      initial_learning_rate=0.0 if warmup else config.learning_rate,
+      decay_steps=total - warmup, warmup_target=(config.learning_rate
+                                                 if warmup else None),
+      warmup_steps=warmup)
+
+
+class WidthLogger(keras.callbacks.Callback):
+  """Writes the dominant sub-network's widths per epoch to TensorBoard."""
+
+  def __init__(self, epi, log_dir):
+    super().__init__()
+    self._epi = epi
+    self._writer = tf.summary.create_file_writer(os.path.join(log_dir,
+                                                              "widths"))
+
+  def on_epoch_end(self, epoch, logs=None):
+    widths = (self._epi.width_history[-1] if self._epi.width_history
+              else None)
+    if self._epi.keep is not None and self._epi.pruned:
+      widths = {k: len(v) for k, v in self._epi.keep.items()}
+    if not widths:
+      return
+    with self._writer.as_default(step=epoch):
+      for name, width in widths.items():
+        tf.summary.scalar(f"width/{name}", width)
+      tf.summary.scalar("width/total", sum(widths.values()))
+    self._writer.flush()
+
+
+def export_saved_model(model, path, dataset, image_size, sample):
+  """Exports `serve(uint8 images) -> {logits, probabilities}` and checks a
+  reload against the in-memory model at two batch sizes."""
+  shape = (None, *sample.shape[1:])
+
+  @tf.function(input_signature=[tf.TensorSpec(shape, tf.uint8,
+                                              name="images")])
+  def serve(images):
+    logits = tf.cast(model(data_lib.preprocess(images, dataset.mean,
+                                               dataset.std, image_size),
+                           training=False), tf.float32)
+    return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
+
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  archive.add_endpoint("serve", serve)
+  archive.write_out(path, verbose=False)
+  reloaded = tf.saved_model.load(path)
+  errors = []
+  for n in (1, len(sample)):
+    got = reloaded.serve(tf.constant(sample[:n]))["logits"].numpy()
+    want = np.asarray(serve(tf.constant(sample[:n]))["logits"])
+    errors.append(float(np.max(np.abs(got - want))))
+  return max(errors)
+
+
+def plot(path, epi, threshold, dense_sizes):
+  """EPI over epochs with the threshold; widths before and after."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+  values = [np.nan if v is None else v for v in epi.epi_history]
+  epochs = np.arange(1, len(values) + 1)
+  ax1.plot(epochs, values, "o-", label="EPI")
+  ax1.axhline(threshold, color="r", ls="--", label=f"threshold {threshold}")
+  if epi.prune_epoch is not None:
+    ax1.axvline(epi.prune_epoch, color="k", ls=":",
+                label=f"pruned after epoch {epi.prune_epoch}")
+  ax1.set(xlabel="epoch", ylabel="EPI", title="Early Pruning Indicator")
+  ax1.legend()
+  names = list(dense_sizes)
+  x = np.arange(len(names))
+  ax2.bar(x - 0.2, [dense_sizes[n] for n in names], 0.4, label="dense")
+  kept = epi.keep or (epi.width_history[-1] if epi.width_history else {})
+  ax2.bar(x + 0.2, [len(kept[n]) if hasattr(kept.get(n), "__len__") else
+                    kept.get(n, dense_sizes[n]) for n in names], 0.4,
+          label="pruned" if epi.keep is not None else "dominant sub-network")
+  ax2.set(xlabel="channel group", ylabel="channels", title="Widths")
+  ax2.set_xticks(x, names, rotation=90, fontsize=6)
+  ax2.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  config = config_from_flags()
+  strategy = make_strategy(config.strategy)
+  chief = is_chief(strategy)
+  model_dir = config.model_dir if chief else tempfile.mkdtemp(
+      prefix="keras_epi_worker_")
+  os.makedirs(model_dir, exist_ok=True)
+  with open(os.path.join(model_dir, "config.json"), "w") as f:
+    json.dump(dataclasses.asdict(config), f, indent=2)
+  logging.info("Config: %s", config)
+  keras.utils.set_random_seed(config.seed)
+  if config.mixed_precision:
+    keras.mixed_precision.set_global_policy("mixed_float16")
+
+  try:
+    dataset = data_lib.load(config.dataset, config.data_dir,
+                            config.max_train_examples,
+                            config.validation_examples, config.seed)
+  except data_lib.DataError as e:
+    sys.exit(f"error: {e}")
+  logging.info("Data: %s (%s), %d train / %d validation / %d test, %s, %d "
+               "classes", dataset.name, dataset.source, dataset.num_train,
+               dataset.num_validation, dataset.num_test, dataset.image_shape,
+               dataset.num_classes)
+  image_size = config.image_size
+  shape = ((image_size, image_size, dataset.image_shape[-1]) if image_size
+           else dataset.image_shape)
+  norm = dict(mean=dataset.mean, std=dataset.std, image_size=image_size)
+  train_ds = data_lib.pipeline(dataset.train, config.batch_size, True,
+                               augment=config.augment, seed=config.seed,
+                               **norm)
+  val_ds = (data_lib.pipeline(dataset.validation, config.batch_size, False,
+                              **norm) if dataset.validation else None)
+  test_ds = data_lib.pipeline(dataset.test, config.batch_size, False, **norm)
+  steps = dataset.num_train // config.batch_size
+  if steps < 1:
+    raise app.UsageError(f"--batch_size={config.batch_size} exceeds the "
+                         f"{dataset.num_train} training examples.")
+
+  with strategy.scope():
+    model = models_lib.build_model(config.model, shape, dataset.num_classes,
+                                   weight_decay=config.weight_decay)
+    model.compile(
+        optimizer=keras.optimizers.SGD(
+            learning_rate_schedule(config, steps), momentum=0.9,
+            nesterov=True),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"])
+  dense_macs = keras_epi.count_macs(model)
+  dense_params = model.count_params()
+  dense_sizes = {g.name: g.size for g in keras_epi.channel_groups(model)}
+
+  log_dir = os.path.join(model_dir, "logs")
+  callbacks = [
+      keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
+  ]
+  epi = None
+  if config.policy != "none":
+    epi = keras_epi.EPICallback(
+        prune_ratio=config.prune_ratio, budget=config.budget,
+        criterion=config.criterion, window=config.epi_window,
+        threshold=config.epi_threshold, policy=config.policy,
+        prune_epoch=config.prune_epoch, round_to=config.round_to,
+        gradual_steps=config.gradual_steps)
+    callbacks = [epi, WidthLogger(epi, log_dir)] + callbacks
+  callbacks += [keras.callbacks.TensorBoard(log_dir),
+                keras.callbacks.CSVLogger(os.path.join(model_dir,
+                                                       "history.csv"),
+                                          append=True)]
+
+  start = time.perf_counter()
+  if epi is not None and config.continue_on_pruned:
+    final, history = keras_epi.fit(model, train_ds, validation_data=val_ds,
+                                   epochs=config.epochs, callbacks=callbacks,
+                                   verbose=config.verbose)
+  else:
+    history = model.fit(train_ds, validation_data=val_ds,
+                        epochs=config.epochs, callbacks=callbacks,
+                        verbose=config.verbose)
+    final = epi.pruned_model if epi is not None and epi.pruned else model
+  train_seconds = time.perf_counter() - start
+
+  test_loss, test_accuracy = final.evaluate(test_ds, verbose=0)[:2]
+  final.save(os.path.join(model_dir, "final.keras"))
+  sample = next(iter(dataset.test.batch(8)))[0].numpy()
+  export_error = export_saved_model(
+      final, os.path.join(model_dir, "saved_model"), dataset, image_size,
+      sample)
+  summary = {
+      "dataset": dataset.name, "model": config.model,
+      "policy": config.policy, "criterion": config.criterion,
+      "prune_ratio": config.prune_ratio, "budget": config.budget,
+      "seed": config.seed,
+      "prune_epoch": None if epi is None else epi.prune_epoch,
+      "epochs": config.epochs,
+      "macs_dense": dense_macs, "macs_final": keras_epi.count_macs(final),
+      "params_dense": dense_params, "params_final": final.count_params(),
+      "test_accuracy": float(test_accuracy), "test_loss": float(test_loss),
+      "train_seconds": train_seconds,
+      "epi": None if epi is None else epi.epi_history,
+      "epi_threshold": None if epi is None else epi.threshold,
+      "widths_dense": dense_sizes,
+      "widths_final": (None if epi is None or epi.keep is None else
+                       {k: len(v) for k, v in epi.keep.items()}),
+      "history": {k: [float(x) for x in v]
+                  for k, v in history.history.items()},
+      "saved_model": os.path.join(model_dir, "saved_model"),
+      "saved_model_max_abs_error": export_error,
+      "replicas": strategy.num_replicas_in_sync,
+  }
+  with open(os.path.join(model_dir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  if epi is not None:
+    plot(os.path.join(model_dir, "epi.png"), epi, epi.threshold, dense_sizes)
+  logging.info(
+      "Done in %.0fs: test accuracy %.4f, MACs %.2fM -> %.2fM, params "
+      "%d -> %d, pruned after %s epochs. Summary %s, plot %s, SavedModel %s "
+      "(reload error %.1e).", train_seconds, test_accuracy, dense_macs / 1e6,
+      summary["macs_final"] / 1e6, dense_params, summary["params_final"],
+      summary["prune_epoch"], os.path.join(model_dir, "summary.json"),
+      os.path.join(model_dir, "epi.png"), summary["saved_model"],
+      export_error)
+  if not chief:
+    shutil.rmtree(model_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
