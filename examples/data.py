@@ -151,7 +151,7 @@ def _from_tfds(name, data_dir, max_train_examples, validation_examples,
     raise DataError(
         f"Unknown dataset {name!r}: use fashion_mnist or a "
         f"tensorflow-datasets image classification name (cifar10, "
-        f"imagenette, ...). ({e})") from None
+        f"imagenette, ...). ({str(e).splitlines()[0]})") from None
   try:
     builder.download_and_prepare()
   except Exception as e:  # pylint: disable=broad-except
@@ -160,8 +160,10 @@ def _from_tfds(name, data_dir, max_train_examples, validation_examples,
             "four IDX files." if name == "fashion_mnist" else
             " Prepare it where the network allows and pass --data_dir, or "
             "put manual downloads in tfds' manual_dir.")
+    reason = (str(e).splitlines() or [""])[0][:200]
     raise DataError(f"Could not load {name!r}: no local files and the "
-                    f"download failed ({type(e).__name__}).{hint}") from None
+                    f"download failed ({type(e).__name__}: {reason})."
+                    f"{hint}") from None
   info = builder.info
   features = info.features
   image_key = next((k for k in ("image", "img") if k in features), None)

@@ -101,6 +101,13 @@ _VERBOSE = flags.DEFINE_integer("verbose", 1,
 flags.mark_flag_as_required("model_dir")
 
 
+class UsageError(SystemExit):
+  """A bad flag: exits with one line on stderr (no usage dump, no trace)."""
+
+  def __init__(self, message):
+    super().__init__(f"error: {message}")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Every flag, typed; saved as config.json beside the run."""
@@ -138,18 +145,18 @@ def config_from_flags():
   config = TrainConfig(**{f.name: flags.FLAGS[f.name].value
                           for f in dataclasses.fields(TrainConfig)})
   if not 0 < config.prune_ratio < 1:
-    raise app.UsageError(
+    raise UsageError(
         f"--prune_ratio must be in (0, 1), got {config.prune_ratio}.")
   if config.epochs < 1 or config.batch_size < 1:
-    raise app.UsageError("--epochs and --batch_size must be >= 1.")
+    raise UsageError("--epochs and --batch_size must be >= 1.")
   if config.policy == "fixed" and (config.prune_epoch is None or
                                    config.prune_epoch < 0):
-    raise app.UsageError("--policy=fixed needs --prune_epoch >= 0.")
+    raise UsageError("--policy=fixed needs --prune_epoch >= 0.")
   if config.policy != "fixed" and config.prune_epoch is not None:
-    raise app.UsageError("--prune_epoch is only used with --policy=fixed.")
+    raise UsageError("--prune_epoch is only used with --policy=fixed.")
   if config.model not in models_lib.CIFAR_RESNETS and not hasattr(
       keras.applications, config.model):
-    raise app.UsageError(
+    raise UsageError(
         f"--model={config.model} is unknown: use one of "
         f"{sorted(models_lib.CIFAR_RESNETS)} or a keras.applications name "
         "(ResNet50, MobileNetV2, ...).")
@@ -159,7 +166,7 @@ def config_from_flags():
 def make_strategy(name):
   if name == "multi_worker":
     if "TF_CONFIG" not in os.environ:
-      raise app.UsageError("--strategy=multi_worker needs TF_CONFIG (the "
+      raise UsageError("--strategy=multi_worker needs TF_CONFIG (the "
                            "cluster and this worker's task).")
     return tf.distribute.MultiWorkerMirroredStrategy()
   if name == "mirrored":
@@ -303,7 +310,7 @@ def main(argv):
   test_ds = data_lib.pipeline(dataset.test, config.batch_size, False, **norm)
   steps = dataset.num_train // config.batch_size
   if steps < 1:
-    raise app.UsageError(f"--batch_size={config.batch_size} exceeds the "
+    raise UsageError(f"--batch_size={config.batch_size} exceeds the "
                          f"{dataset.num_train} training examples.")
 
   with strategy.scope():

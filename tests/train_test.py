@@ -1,0 +1,98 @@
+"""Tests of examples/train.py, run as a user would: in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TRAIN = os.path.join(_ROOT, "examples", "train.py")
+_QUICK = ["--max_train_examples=512", "--batch_size=64", "--epochs=2",
+          "--verbose=2", "--model=resnet20"]
+
+
+def run_train(*args, env=None, timeout=900):
+  return subprocess.run([sys.executable, _TRAIN, *args], capture_output=True,
+                        text=True, timeout=timeout, cwd=_ROOT,
+                        env={**os.environ, **(env or {})}, check=False)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp("run"))
+  result = run_train(f"--model_dir={model_dir}", "--policy=fixed",
+                     "--prune_epoch=1", "--prune_ratio=0.5", *_QUICK)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return model_dir, result
+
+
+def test_trainer_writes_every_output(quick_run):
+  model_dir, _ = quick_run
+  for name in ("config.json", "summary.json", "history.csv", "epi.png",
+               "final.keras", "saved_model/saved_model.pb"):
+    assert os.path.exists(os.path.join(model_dir, name)), name
+  events = [f for _, _, files in os.walk(os.path.join(model_dir, "logs"))
+            for f in files if f.startswith("events.out")]
+  assert events
+  with open(os.path.join(model_dir, "config.json")) as f:
+    config = json.load(f)
+  assert config["prune_ratio"] == 0.5 and config["policy"] == "fixed"
+  assert {"dataset", "model", "epochs", "strategy", "seed"} <= set(config)
+  with open(os.path.join(model_dir, "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["prune_epoch"] == 1
+  assert summary["macs_final"] < summary["macs_dense"]
+  assert 0.0 <= summary["test_accuracy"] <= 1.0
+  assert summary["train_seconds"] > 0
+  assert len(summary["history"]["loss"]) == 2
+
+
+def test_saved_model_serves_uint8_and_matches_the_keras_model(quick_run):
+  model_dir, _ = quick_run
+  sys.path.insert(0, os.path.join(_ROOT, "examples"))
+  import data as data_lib  # pylint: disable=g-import-not-at-top
+  import keras  # pylint: disable=g-import-not-at-top
+  dataset = data_lib.load("fashion_mnist", max_train_examples=512)
+  images = next(iter(dataset.test.batch(5)))[0].numpy()
+  served = tf.saved_model.load(os.path.join(model_dir, "saved_model"))
+  out = served.serve(tf.constant(images))
+  model = keras.saving.load_model(os.path.join(model_dir, "final.keras"))
+  want = model(data_lib.preprocess(images, dataset.mean, dataset.std),
+               training=False)
+  np.testing.assert_allclose(out["logits"].numpy(), np.asarray(want),
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0,
+                             rtol=1e-5)
+
+
+def test_prune_event_is_logged(quick_run):
+  _, result = quick_run
+  assert "EPICallback: pruning after 1 dense epoch(s)" in result.stderr
+  assert "epi:" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset=not_a_dataset"], "Unknown dataset 'not_a_dataset'"),
+    (["--model=resnet21"], "--model=resnet21 is unknown"),
+    (["--prune_ratio=1.5"], "--prune_ratio must be in (0, 1)"),
+    (["--policy=fixed"], "--policy=fixed needs --prune_epoch"),
+    (["--strategy=multi_worker"], "needs TF_CONFIG"),
+])
+def test_bad_flags_give_one_clear_message(args, message, tmp_path):
+  result = run_train(f"--model_dir={tmp_path}", *_QUICK, *args)
+  assert result.returncode != 0
+  assert "Traceback" not in result.stderr
+  assert message in result.stderr
+
+
+def test_missing_fashion_mnist_files_fall_back_to_tfds_then_fail_clearly(
+    tmp_path, monkeypatch):
+  sys.path.insert(0, os.path.join(_ROOT, "examples"))
+  import data as data_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(data_lib, "DEBIAN_FASHION_MNIST", str(tmp_path / "no"))
+  with pytest.raises(data_lib.DataError, match="Install Debian's"):
+    data_lib.load("fashion_mnist", data_dir=str(tmp_path / "empty_tfds"))
