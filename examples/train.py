@@ -87,6 +87,9 @@ _CONTINUE_ON_PRUNED = flags.DEFINE_bool(
 _STRATEGY = flags.DEFINE_enum("strategy", "one_device",
                               ["one_device", "mirrored", "multi_worker"],
                               "tf.distribute strategy.")
+_LOGICAL_CPUS = flags.DEFINE_integer(
+    "logical_cpus", 0, "Split the CPU into this many logical devices and "
+    "mirror over them (tests --strategy=mirrored without GPUs).")
 _MIXED_PRECISION = flags.DEFINE_bool("mixed_precision", False,
                                      "mixed_float16 compute.")
 _MAX_TRAIN_EXAMPLES = flags.DEFINE_integer(
@@ -132,6 +135,7 @@ class TrainConfig:
   gradual_steps: int
   continue_on_pruned: bool
   strategy: str
+  logical_cpus: int
   mixed_precision: bool
   max_train_examples: int | None
   validation_examples: int
@@ -163,7 +167,15 @@ def config_from_flags():
   return config
 
 
-def make_strategy(name):
+def make_strategy(name, logical_cpus=0):
+  """The tf.distribute strategy for --strategy (called before any TF op)."""
+  if logical_cpus > 1:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
+    if name == "mirrored":
+      return tf.distribute.MirroredStrategy(
+          [d.name for d in tf.config.list_logical_devices("CPU")])
   if name == "multi_worker":
     if "TF_CONFIG" not in os.environ:
       raise UsageError("--strategy=multi_worker needs TF_CONFIG (the "
@@ -276,7 +288,7 @@ def plot(path, epi, threshold, dense_sizes):
 def main(argv):
   del argv
   config = config_from_flags()
-  strategy = make_strategy(config.strategy)
+  strategy = make_strategy(config.strategy, config.logical_cpus)
   chief = is_chief(strategy)
   model_dir = config.model_dir if chief else tempfile.mkdtemp(
       prefix="keras_epi_worker_")
@@ -322,6 +334,9 @@ def main(argv):
             nesterov=True),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
+  # Keras 3's fit fails under MultiWorkerMirroredStrategy without this
+  # (keras-team/keras#20585); keras_epi.fit applies it itself.
+  keras_epi.training.multi_worker_fit_workaround(model)
   dense_macs = keras_epi.count_macs(model)
   dense_params = model.count_params()
   dense_sizes = {g.name: g.size for g in keras_epi.channel_groups(model)}
@@ -355,6 +370,9 @@ def main(argv):
                         verbose=config.verbose)
     final = epi.pruned_model if epi is not None and epi.pruned else model
   train_seconds = time.perf_counter() - start
+  if epi is not None and epi.keep is not None:
+    logging.info("Pruned architecture: %s", json.dumps(
+        {k: len(v) for k, v in epi.keep.items()}, sort_keys=True))
 
   test_loss, test_accuracy = final.evaluate(test_ds, verbose=0)[:2]
   final.save(os.path.join(model_dir, "final.keras"))

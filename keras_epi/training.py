@@ -10,6 +10,7 @@ epoch with the same callbacks. One History covers all epochs.
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_epi import callbacks as callbacks_lib
 from keras_epi import surgeon as surgeon_lib
@@ -62,6 +63,7 @@ def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
   saved = epi.load_saved_state()
   epi._stop_on_prune = True  # pylint: disable=protected-access
   epi._continuing = False  # pylint: disable=protected-access
+  multi_worker_fit_workaround(model)
   try:
     if saved is not None and saved["prune_epoch"] is not None:
       # Resuming a run interrupted after the prune: rebuild the pruned model
@@ -84,6 +86,7 @@ def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
     pruned = epi.pruned_model
     with pruned.distribute_strategy.scope():
       _compile_like(model, pruned, epi._surgeon)  # pylint: disable=protected-access
+    multi_worker_fit_workaround(pruned)
     epi._continuing = True  # pylint: disable=protected-access
     # History keeps its dict across fits but restarts `epoch`. An epoch cut
     # short by pruning at initialisation is dropped and trained again.
@@ -97,6 +100,53 @@ def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
     epi._continuing = False  # pylint: disable=protected-access
   history_cb.epoch = first_epochs[:dense_epochs] + list(history_cb.epoch)
   return pruned, history_cb
+
+
+def multi_worker_fit_workaround(model):
+  """Lets `model.fit` run under MultiWorkerMirroredStrategy (Keras 3).
+
+  Keras 3's `fit` builds the model symbolically from its first batch, reduced
+  across replicas with `strategy.reduce`, which raises "Attempt to convert a
+  value (PerReplica...)" under MultiWorkerMirroredStrategy
+  (keras-team/keras#20585, open since TF 2.16). Only the batch's shapes
+  matter for that build, so this instance-level override builds from the
+  local replica's batch instead. Keras then reduces each step's logs with
+  ``strategy.reduce("MEAN", v, axis=0)``, which fails on scalars ("Invalid
+  reduction dimension 0"); the train and test steps are wrapped to return
+  their logs (metric results, the same on every replica) as 1-element
+  vectors, whose mean over replicas is the value itself. It does nothing
+  under other strategies.
+
+  Args:
+    model: A model created under the strategy's scope.
+  """
+  strategy = model.distribute_strategy
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return
+  original = model._maybe_symbolic_build  # pylint: disable=protected-access
+
+  def local(value):
+    if isinstance(value, tf.distribute.DistributedValues):
+      return strategy.experimental_local_results(value)[0]
+    return value
+
+  def build(iterator=None, data_batch=None):
+    if iterator is not None:
+      for _, _, it in iterator:
+        data_batch = keras.tree.map_structure(local, next(it))
+        break
+    return original(iterator=None, data_batch=data_batch)
+
+  def vector_logs(step):
+    def wrapped(data):
+      return keras.tree.map_structure(
+          lambda v: tf.reshape(v, [1]) if tf.is_tensor(v) and v.shape.rank == 0
+          else v, step(data))
+    return wrapped
+
+  model._maybe_symbolic_build = build  # pylint: disable=protected-access
+  model.train_step = vector_logs(model.train_step)
+  model.test_step = vector_logs(model.test_step)
 
 
 def _history_of(callbacks):

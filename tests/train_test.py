@@ -96,3 +96,55 @@ def test_missing_fashion_mnist_files_fall_back_to_tfds_then_fail_clearly(
   monkeypatch.setattr(data_lib, "DEBIAN_FASHION_MNIST", str(tmp_path / "no"))
   with pytest.raises(data_lib.DataError, match="Install Debian's"):
     data_lib.load("fashion_mnist", data_dir=str(tmp_path / "empty_tfds"))
+
+
+def _free_ports(n):
+  import socket  # pylint: disable=g-import-not-at-top
+  sockets = [socket.socket() for _ in range(n)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def _architecture(stderr):
+  lines = [l for l in stderr.splitlines() if "Pruned architecture:" in l]
+  assert lines, stderr[-3000:]
+  return json.loads(lines[-1].split("Pruned architecture:", 1)[1])
+
+
+def test_multi_worker_on_loopback_workers_agree(tmp_path):
+  ports = _free_ports(2)
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+  procs = []
+  for index in range(2):
+    env = {**os.environ, "TF_CONFIG": json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}})}
+    procs.append(subprocess.Popen(
+        [sys.executable, _TRAIN, f"--model_dir={tmp_path}/run",
+         "--strategy=multi_worker", "--policy=fixed", "--prune_epoch=1",
+         *_QUICK], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=_ROOT, env=env))
+  outputs = [p.communicate(timeout=900) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-4000:]
+  first, second = (_architecture(err) for _, err in outputs)
+  assert first == second
+  with open(tmp_path / "run" / "summary.json") as f:
+    summary = json.load(f)
+  assert summary["replicas"] == 2 and summary["prune_epoch"] == 1
+  assert summary["widths_final"] == first
+
+
+def test_mirrored_on_two_logical_cpus(tmp_path):
+  result = run_train(f"--model_dir={tmp_path}", "--strategy=mirrored",
+                     "--logical_cpus=2", "--policy=fixed", "--prune_epoch=1",
+                     *_QUICK)
+  assert result.returncode == 0, result.stderr[-4000:]
+  with open(tmp_path / "summary.json") as f:
+    summary = json.load(f)
+  assert summary["replicas"] == 2
+  assert summary["widths_final"] == _architecture(result.stderr)
+  assert summary["saved_model_max_abs_error"] <= 1e-5
