@@ -337,7 +337,7 @@ class EPICallback(keras.callbacks.Callback):
     if self.policy == "early_bird":
       for g in self._groups:
         for path, _ in g.members:
-          layer = importance_lib._resolve(self.model, path)  # pylint: disable=protected-access
+          layer = graph.layer_at(self.model, path)
           if isinstance(layer, keras.layers.BatchNormalization) and \
               getattr(layer, "gamma", None) is not None:
             gammas.add(id(layer.gamma))
@@ -575,7 +575,7 @@ def _batchnorm_gamma_scores(model, groups):
   for g in groups:
     total = np.zeros(g.size)
     for path, positions in g.members:
-      layer = importance_lib._resolve(model, path)  # pylint: disable=protected-access
+      layer = graph.layer_at(model, path)
       if isinstance(layer, keras.layers.BatchNormalization) and \
           getattr(layer, "gamma", None) is not None:
         gamma = np.abs(keras.ops.convert_to_numpy(layer.gamma))[positions]

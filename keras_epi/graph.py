@@ -133,6 +133,14 @@ def walk_calls(model, prefix=""):
       yield prefix + op.name, op, node
 
 
+def layer_at(model, path):
+  """The layer at a member path such as ``"nested_model/conv"``."""
+  layer = model
+  for name in path.split("/"):
+    layer = layer.get_layer(name)
+  return layer
+
+
 def topological_nodes(model):
   """Nodes of a functional model, each after the nodes it reads from."""
   _check_model(model)

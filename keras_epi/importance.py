@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_epi import graph
 from keras_epi import surgeon
 
 TAYLOR_REDUCTIONS = ("square", "abs")
@@ -35,7 +36,7 @@ def magnitude_importance(model, groups):
   for group in groups:
     total = np.zeros(group.size)
     for path, positions in group.members:
-      filters = surgeon.output_filters(_resolve(model, path))
+      filters = surgeon.output_filters(graph.layer_at(model, path))
       if filters is None:
         continue
       norms = np.linalg.norm(filters.astype(np.float64), axis=1) / np.sqrt(
@@ -91,7 +92,7 @@ class TaylorScorer:
     """[(kind, layer, positions)]: BN members, else producing members."""
     bn, producers = [], []
     for path, positions in group.members:
-      layer = _resolve(model, path)
+      layer = graph.layer_at(model, path)
       if isinstance(layer, keras.layers.BatchNormalization):
         if layer.trainable and (layer.scale or layer.center):
           bn.append(("bn", layer, positions))
@@ -173,10 +174,3 @@ def _filter_taylor(layer, grad_of):
     term = tf.reduce_sum(product, axis=[a for a in range(ndim) if a != axis])
     s = term if s is None else s + term
   return s
-
-
-def _resolve(model, path):
-  layer = model
-  for name in path.split("/"):
-    layer = layer.get_layer(name)
-  return layer

@@ -18,7 +18,7 @@ import keras_epi
 L = keras.layers
 
 
-def resolve(model, path):
+def resolve(model, path):  # independent of keras_epi.graph.layer_at on purpose
   """The layer at a ``"nested/layer"`` path."""
   layer = model
   for name in path.split("/"):
