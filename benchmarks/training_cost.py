@@ -1,0 +1,164 @@
+r"""Training-cost benchmarks of EPICallback and keras_epi.fit.
+
+1. Scoring overhead: wall time per epoch of `model.fit` with an EPICallback
+   that scores every step (Taylor: the gradients of the train step, seen by
+   the optimizer hook; magnitude: weights at epoch end) but never prunes,
+   divided by that of plain `model.fit`, same model and data. The variants
+   run alternately, one short fit each, several rounds; the first epoch of
+   every fit (tracing) is dropped and the medians are compared.
+2. Post-prune speed: the epoch time of the pruned model that keras_epi.fit
+   continues with, against the dense model's, alternately, next to the MAC
+   ratio (the paper's training-cost saving comes from this).
+
+  python -m benchmarks.training_cost --output=benchmarks/results/training_cost.json
+"""
+
+import json
+import os
+import platform
+import sys
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "examples"))
+
+import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import keras_epi  # pylint: disable=g-import-not-at-top,wrong-import-position
+import models as models_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_MODEL = flags.DEFINE_string("model", "resnet20", "Model (examples/models).")
+_EXAMPLES = flags.DEFINE_integer("examples", 2048, "Training examples.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size.")
+_IMAGE_SHAPE = flags.DEFINE_list("image_shape", ["28", "28", "1"],
+                                 "Input shape (synthetic data).")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternation rounds.")
+_EPOCHS_PER_FIT = flags.DEFINE_integer(
+    "epochs_per_fit", 3, "Epochs per fit; the first (tracing) is dropped.")
+_PRUNE_RATIO = flags.DEFINE_float("prune_ratio", 0.5,
+                                  "MAC fraction removed for part 2.")
+_OUTPUT = flags.DEFINE_string("output", None, "JSON results path.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed.")
+
+
+class EpochTimer(keras.callbacks.Callback):
+
+  def __init__(self):
+    super().__init__()
+    self.seconds = []
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.seconds.append(time.perf_counter() - self._start)
+
+
+def _compiled(model):
+  model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"])
+  return model
+
+
+def _epoch_seconds(model, data, callbacks):
+  timer = EpochTimer()
+  model.fit(data, epochs=_EPOCHS_PER_FIT.value, verbose=0,
+            callbacks=[*callbacks, timer])
+  return timer.seconds[1:]
+
+
+def _machine():
+  cpu = "unknown"
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(l.split(":", 1)[1].strip() for l in f
+                 if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return {"cpu": cpu, "cores": os.cpu_count(),
+          "gpus": [d.name for d in tf.config.list_logical_devices("GPU")],
+          "python": platform.python_version(), "tensorflow": tf.__version__,
+          "keras": keras.__version__}
+
+
+def main(argv):
+  del argv
+  keras.utils.set_random_seed(_SEED.value)
+  shape = tuple(int(s) for s in _IMAGE_SHAPE.value)
+  rng = np.random.default_rng(_SEED.value)
+  x = rng.normal(size=(_EXAMPLES.value, *shape)).astype("float32")
+  y = rng.integers(0, 10, size=_EXAMPLES.value)
+  data = tf.data.Dataset.from_tensor_slices((x, y)).batch(
+      _BATCH_SIZE.value, drop_remainder=True).cache().prefetch(2)
+
+  def build():
+    return _compiled(models_lib.build_model(_MODEL.value, shape, 10))
+
+  never = 10**6  # fixed policy that never fires: scoring only
+  variants = {
+      "plain": lambda: [],
+      "taylor": lambda: [keras_epi.EPICallback(
+          criterion="taylor", policy="fixed", prune_epoch=never)],
+      "magnitude": lambda: [keras_epi.EPICallback(
+          criterion="magnitude", policy="fixed", prune_epoch=never)],
+  }
+  models = {name: build() for name in variants}
+  times = {name: [] for name in variants}
+  for _ in range(_ROUNDS.value):
+    for name, make_callbacks in variants.items():
+      times[name] += _epoch_seconds(models[name], data, make_callbacks())
+  median = {name: float(np.median(t)) for name, t in times.items()}
+  overhead = {name: median[name] / median["plain"]
+              for name in variants if name != "plain"}
+
+  # Part 2: the model keras_epi.fit continues with, against the dense one.
+  dense = build()
+  cb = keras_epi.EPICallback(prune_ratio=_PRUNE_RATIO.value, budget="macs",
+                             policy="fixed", prune_epoch=1)
+  pruned, _ = keras_epi.fit(dense, data, epochs=1, verbose=0, callbacks=[cb])
+  pruned = _compiled(keras.models.clone_model(pruned))
+  dense = build()
+  epoch = {"dense": [], "pruned": []}
+  for _ in range(_ROUNDS.value):
+    epoch["dense"] += _epoch_seconds(dense, data, [])
+    epoch["pruned"] += _epoch_seconds(pruned, data, [])
+  macs_ratio = keras_epi.count_macs(pruned) / keras_epi.count_macs(dense)
+  epoch_ratio = float(np.median(epoch["pruned"]) / np.median(epoch["dense"]))
+
+  results = {
+      "date": time.strftime("%Y-%m-%d"),
+      "machine": _machine(),
+      "setup": {"model": _MODEL.value, "input_shape": shape,
+                "examples": _EXAMPLES.value, "batch_size": _BATCH_SIZE.value,
+                "rounds": _ROUNDS.value,
+                "epochs_per_fit": _EPOCHS_PER_FIT.value,
+                "prune_ratio_macs": _PRUNE_RATIO.value},
+      "scoring_overhead": {
+          "median_epoch_seconds": median,
+          "ratio_to_plain_fit": overhead,
+          "epoch_seconds": times,
+      },
+      "post_prune": {
+          "macs_ratio": macs_ratio,
+          "epoch_time_ratio": epoch_ratio,
+          "median_epoch_seconds": {k: float(np.median(v))
+                                   for k, v in epoch.items()},
+          "epoch_seconds": epoch,
+      },
+  }
+  text = json.dumps(results, indent=2)
+  print(text)
+  if _OUTPUT.value:
+    os.makedirs(os.path.dirname(_OUTPUT.value) or ".", exist_ok=True)
+    with open(_OUTPUT.value, "w") as f:
+      f.write(text + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
