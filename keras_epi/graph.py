@@ -110,7 +110,7 @@ def channel_groups(model, *, ignore=()):
   >>> model = keras.applications.ResNet50(weights=None)
   >>> groups = keras_epi.channel_groups(model)
   >>> groups[0].name, groups[0].size
-  ('conv2_block1_1_conv', 64)
+  ('conv1_conv', 64)
   """
   return analyze(model, ignore).groups
 
@@ -528,7 +528,8 @@ class _Analysis:
     return tuple(members)
 
   def removed_labels(self, keep):
-    """Root labels to remove for a `keep` mapping; validates `keep`."""
+    """Root labels to remove (sorted array) for a `keep` mapping; validates
+    `keep`."""
     if not hasattr(keep, "items"):
       raise ValueError(
           "`keep` must map group names to the channel indices to keep, "
@@ -563,11 +564,15 @@ class _Analysis:
       if len(np.unique(idx)) != idx.size:
         raise ValueError(f"`keep[{name!r}]` has repeated indices.")
       removed.append(np.delete(classes, idx))
-    return set(np.concatenate(removed).tolist()) if removed else set()
+    if not removed:
+      return np.zeros(0, dtype=np.int64)
+    return np.unique(np.concatenate(removed))
 
   def keep_mask(self, labels, removed):
-    """Boolean mask of the channels of a tensor that survive."""
-    return ~np.isin(self.find(labels), list(removed))
+    """Boolean mask of the channels of a tensor that survive.
+
+    `removed` is the sorted array from `removed_labels`."""
+    return ~np.isin(self.find(labels), removed)
 
 
 class _Unsupported(Exception):
