@@ -17,7 +17,7 @@ CIFAR_RESNETS = {"resnet20": 20, "resnet32": 32, "resnet44": 44,
 
 
 def resnet_cifar(depth, input_shape, num_classes, width=16,
-                 weight_decay=1e-4, name=None):
+                 weight_decay=1e-4, bn_momentum=0.9, name=None):
   """A CIFAR-style ResNet of `depth` = 6n + 2 layers, returning logits.
 
   Args:
@@ -26,6 +26,11 @@ def resnet_cifar(depth, input_shape, num_classes, width=16,
     num_classes: Classifier width.
     width: Filters of the first stage (16 in the paper; doubled per stage).
     weight_decay: L2 coefficient on conv and dense kernels.
+    bn_momentum: BatchNormalization moving-average momentum. 0.9 (the
+      PyTorch/ResNet-paper convention) rather than Keras' 0.99: with the
+      short schedules of these examples, 0.99 leaves the moving statistics
+      far behind the weights and inference accuracy collapses (measured:
+      train-mode 0.79 vs inference 0.27 after 3 epochs).
     name: Model name; "resnet{depth}" by default.
 
   Returns:
@@ -44,20 +49,20 @@ def resnet_cifar(depth, input_shape, num_classes, width=16,
 
   x = keras.Input(input_shape, name="images")
   h = conv(width, 3, 1, "stem_conv")(x)
-  h = L.ReLU(name="stem_relu")(L.BatchNormalization(name="stem_bn")(h))
+  h = L.ReLU(name="stem_relu")(L.BatchNormalization(momentum=bn_momentum, name="stem_bn")(h))
   for stage in range(3):
     filters = width * 2 ** stage
     for block in range(blocks):
       prefix = f"stage{stage + 1}_block{block + 1}"
       strides = 2 if stage > 0 and block == 0 else 1
       r = conv(filters, 3, strides, f"{prefix}_conv1")(h)
-      r = L.BatchNormalization(name=f"{prefix}_bn1")(r)
+      r = L.BatchNormalization(momentum=bn_momentum, name=f"{prefix}_bn1")(r)
       r = L.ReLU(name=f"{prefix}_relu1")(r)
       r = conv(filters, 3, 1, f"{prefix}_conv2")(r)
-      r = L.BatchNormalization(name=f"{prefix}_bn2")(r)
+      r = L.BatchNormalization(momentum=bn_momentum, name=f"{prefix}_bn2")(r)
       if strides != 1 or h.shape[-1] != filters:
         h = conv(filters, 1, strides, f"{prefix}_shortcut_conv")(h)
-        h = L.BatchNormalization(name=f"{prefix}_shortcut_bn")(h)
+        h = L.BatchNormalization(momentum=bn_momentum, name=f"{prefix}_shortcut_bn")(h)
       h = L.Add(name=f"{prefix}_add")([r, h])
       h = L.ReLU(name=f"{prefix}_relu2")(h)
   h = L.GlobalAveragePooling2D(name="pool")(h)
