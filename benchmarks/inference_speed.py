@@ -56,7 +56,6 @@ import functools
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -69,6 +68,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import common
 import keras_epi
 
 _MODELS = flags.DEFINE_list(
@@ -967,38 +967,6 @@ def _benchmark_surgery(config):
 # -- reporting ----------------------------------------------------------------
 
 
-def _machine_info():
-  info = {"platform": platform.platform(), "python": platform.python_version(),
-          "tensorflow": tf.__version__, "keras": keras.__version__,
-          "numpy": np.__version__, "keras_epi": keras_epi.__version__,
-          "os_cpu_count": os.cpu_count(),
-          "usable_cpus": len(os.sched_getaffinity(0))}
-  try:
-    with open("/proc/cpuinfo") as f:
-      fields = dict(line.split(":", 1) for line in f.read().splitlines()
-                    if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    cpu_flags = fields.get("flags", "").split()
-    info.update(cpu_model=fields.get("model name"),
-                cpu_family=fields.get("cpu family"),
-                cpu_model_number=fields.get("model"),
-                cores_per_socket=fields.get("cpu cores"),
-                simd=[f for f in ("avx2", "fma", "avx512f", "avx512_bf16",
-                                  "amx_tile") if f in cpu_flags])
-    with open("/proc/meminfo") as f:
-      info["mem_total"] = f.readline().split(":", 1)[1].strip()
-  except OSError as e:
-    logging.warning("Cannot read /proc: %s", e)
-  try:
-    info["git_commit"] = subprocess.run(
-        ["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-        check=True, cwd=os.path.dirname(os.path.abspath(__file__))
-    ).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    info["git_commit"] = None
-  return info
-
-
 def _fmt(value, digits=2):
   return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -1134,7 +1102,7 @@ def main(argv):
       "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec="seconds"),
       "config": dataclasses.asdict(config),
-      "machine": _machine_info(),
+      "machine": common.machine_info(),
       "backends": [],
   }
   monitor = CpuMonitor()

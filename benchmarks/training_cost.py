@@ -4,8 +4,11 @@ r"""Training-cost benchmarks of EPICallback and keras_epi.fit.
    that scores every step (Taylor: the gradients of the train step, seen by
    the optimizer hook; magnitude: weights at epoch end) but never prunes,
    divided by that of plain `model.fit`, same model and data. The variants
-   run alternately, one short fit each, several rounds; the first epoch of
-   every fit (tracing) is dropped and the medians are compared.
+   run alternately, one short fit each, in rounds whose order rotates; the
+   first epoch of every fit (tracing) is dropped. The host's speed drifts by
+   tens of percent within minutes, so the overhead is the median over rounds
+   of the *paired* ratio (a variant's median epoch / plain's median epoch in
+   the same round), for wall time and for this process's CPU time.
 2. Post-prune speed: the epoch time of the pruned model that keras_epi.fit
    continues with, against the dense model's, alternately, next to the MAC
    ratio (the paper's training-cost saving comes from this).
@@ -15,7 +18,6 @@ r"""Training-cost benchmarks of EPICallback and keras_epi.fit.
 
 import json
 import os
-import platform
 import sys
 import time
 
@@ -29,6 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
 
 import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 import keras_epi  # pylint: disable=g-import-not-at-top,wrong-import-position
 import models as models_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -46,19 +49,6 @@ _OUTPUT = flags.DEFINE_string("output", None, "JSON results path.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 
 
-class EpochTimer(keras.callbacks.Callback):
-
-  def __init__(self):
-    super().__init__()
-    self.seconds = []
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self._start = time.perf_counter()
-
-  def on_epoch_end(self, epoch, logs=None):
-    self.seconds.append(time.perf_counter() - self._start)
-
-
 def _compiled(model):
   model.compile(keras.optimizers.SGD(0.01, momentum=0.9),
                 keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -66,25 +56,22 @@ def _compiled(model):
   return model
 
 
-def _epoch_seconds(model, data, callbacks):
-  timer = EpochTimer()
+def _epoch_seconds(model, data, callbacks, cpu=False):
+  timer = common.epoch_timer(keras.callbacks.Callback)
   model.fit(data, epochs=_EPOCHS_PER_FIT.value, verbose=0,
             callbacks=[*callbacks, timer])
+  if cpu:
+    return timer.seconds[1:], timer.cpu_seconds[1:]
   return timer.seconds[1:]
 
 
-def _machine():
-  cpu = "unknown"
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f
-                 if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return {"cpu": cpu, "cores": os.cpu_count(),
-          "gpus": [d.name for d in tf.config.list_logical_devices("GPU")],
-          "python": platform.python_version(), "tensorflow": tf.__version__,
-          "keras": keras.__version__}
+def _paired(rounds, name):
+  """Per round: median epoch of `name` / median epoch of plain."""
+  return [float(np.median(r[name]) / np.median(r["plain"])) for r in rounds]
+
+
+def _quartiles(values):
+  return [float(q) for q in np.percentile(values, [25, 50, 75])]
 
 
 def main(argv):
@@ -109,13 +96,25 @@ def main(argv):
           criterion="magnitude", policy="fixed", prune_epoch=never)],
   }
   models = {name: build() for name in variants}
-  times = {name: [] for name in variants}
-  for _ in range(_ROUNDS.value):
-    for name, make_callbacks in variants.items():
-      times[name] += _epoch_seconds(models[name], data, make_callbacks())
+  names = list(variants)
+  wall_rounds, cpu_rounds = [], []
+  for i in range(_ROUNDS.value):
+    wall_rounds.append({})
+    cpu_rounds.append({})
+    for name in names[i % len(names):] + names[:i % len(names)]:
+      wall_rounds[-1][name], cpu_rounds[-1][name] = _epoch_seconds(
+          models[name], data, variants[name](), cpu=True)
+  times = {name: [t for r in wall_rounds for t in r[name]] for name in names}
   median = {name: float(np.median(t)) for name, t in times.items()}
-  overhead = {name: median[name] / median["plain"]
-              for name in variants if name != "plain"}
+  overhead = {name: float(np.median(_paired(wall_rounds, name)))
+              for name in names if name != "plain"}
+  paired = {name: {"wall_ratio_per_round": _paired(wall_rounds, name),
+                   "wall_ratio_quartiles": _quartiles(
+                       _paired(wall_rounds, name)),
+                   "cpu_ratio_per_round": _paired(cpu_rounds, name),
+                   "cpu_ratio_quartiles": _quartiles(
+                       _paired(cpu_rounds, name))}
+            for name in names if name != "plain"}
 
   # Part 2: the model keras_epi.fit continues with, against the dense one.
   dense = build()
@@ -133,7 +132,7 @@ def main(argv):
 
   results = {
       "date": time.strftime("%Y-%m-%d"),
-      "machine": _machine(),
+      "machine": common.machine_info(),
       "setup": {"model": _MODEL.value, "input_shape": shape,
                 "examples": _EXAMPLES.value, "batch_size": _BATCH_SIZE.value,
                 "rounds": _ROUNDS.value,
@@ -142,7 +141,10 @@ def main(argv):
       "scoring_overhead": {
           "median_epoch_seconds": median,
           "ratio_to_plain_fit": overhead,
+          "paired": paired,
           "epoch_seconds": times,
+          "cpu_epoch_seconds": {name: [t for r in cpu_rounds for t in r[name]]
+                                for name in names},
       },
       "post_prune": {
           "macs_ratio": macs_ratio,

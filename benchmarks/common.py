@@ -1,0 +1,71 @@
+"""Helpers shared by the benchmark scripts: machine facts and epoch timing."""
+
+import os
+import platform
+import subprocess
+import time
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+
+def machine_info():
+  """The facts a reader needs to compare timings: CPU, cores, versions."""
+  info = {"platform": platform.platform(), "python": platform.python_version(),
+          "tensorflow": tf.__version__, "numpy": np.__version__,
+          "os_cpu_count": os.cpu_count(),
+          "usable_cpus": len(os.sched_getaffinity(0)),
+          "gpus": [d.name for d in tf.config.list_logical_devices("GPU")]}
+  if os.environ.get("TF_USE_LEGACY_KERAS") != "1":
+    import keras  # pylint: disable=g-import-not-at-top
+    import keras_epi  # pylint: disable=g-import-not-at-top
+    info.update(keras=keras.__version__, keras_epi=keras_epi.__version__)
+  try:
+    with open("/proc/cpuinfo") as f:
+      fields = dict(line.split(":", 1) for line in f.read().splitlines()
+                    if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    cpu_flags = fields.get("flags", "").split()
+    info.update(cpu_model=fields.get("model name"),
+                cpu_family=fields.get("cpu family"),
+                cpu_model_number=fields.get("model"),
+                cores_per_socket=fields.get("cpu cores"),
+                simd=[f for f in ("avx2", "fma", "avx512f", "avx512_bf16",
+                                  "amx_tile") if f in cpu_flags])
+    with open("/proc/meminfo") as f:
+      info["mem_total"] = f.readline().split(":", 1)[1].strip()
+  except OSError as e:
+    logging.warning("Cannot read /proc: %s", e)
+  try:
+    info["git_commit"] = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+        check=True, cwd=os.path.dirname(os.path.abspath(__file__))
+    ).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    info["git_commit"] = None
+  return info
+
+
+
+def epoch_timer(callback_class):
+  """A callback, subclassing `callback_class` (Keras 3's or tf_keras'), that
+  records every epoch's wall time in `.seconds` and the CPU time this process
+  used in it (all threads) in `.cpu_seconds`."""
+
+  class EpochTimer(callback_class):
+
+    def __init__(self):
+      super().__init__()
+      self.seconds = []
+      self.cpu_seconds = []
+      self._start = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+      self._start = (time.perf_counter(), time.process_time())
+
+    def on_epoch_end(self, epoch, logs=None):
+      self.seconds.append(time.perf_counter() - self._start[0])
+      self.cpu_seconds.append(time.process_time() - self._start[1])
+
+  return EpochTimer()
