@@ -40,6 +40,10 @@ setuptools.setup(
         "examples": _EXAMPLES,
         "test": ["pytest>=7", "pytest-xdist>=3"] + _EXAMPLES,
         "bench": _EXAMPLES,
+        # The peer compared against in benchmarks/tfmot_peer.py. It needs
+        # Keras 2 (TF_USE_LEGACY_KERAS=1, its own process); keras_epi never
+        # imports it.
+        "peer": ["tf_keras>=2.16", "tensorflow-model-optimization>=0.8"],
     },
     license="Apache-2.0",
     classifiers=[

@@ -10,14 +10,13 @@ downloads). All models output logits.
 
 import keras
 
-L = keras.layers
-
 CIFAR_RESNETS = {"resnet20": 20, "resnet32": 32, "resnet44": 44,
                  "resnet56": 56, "resnet110": 110}
 
 
 def resnet_cifar(depth, input_shape, num_classes, width=16,
-                 weight_decay=1e-4, bn_momentum=0.9, name=None):
+                 weight_decay=1e-4, bn_momentum=0.9, name=None,
+                 keras_module=keras):
   """A CIFAR-style ResNet of `depth` = 6n + 2 layers, returning logits.
 
   Args:
@@ -32,6 +31,8 @@ def resnet_cifar(depth, input_shape, num_classes, width=16,
       far behind the weights and inference accuracy collapses (measured:
       train-mode 0.79 vs inference 0.27 after 3 epochs).
     name: Model name; "resnet{depth}" by default.
+    keras_module: The Keras to build with: Keras 3 (default), or `tf_keras`
+      for peers that need Keras 2 (the TFMOT comparison in benchmarks/).
 
   Returns:
     A functional `keras.Model`.
@@ -40,14 +41,16 @@ def resnet_cifar(depth, input_shape, num_classes, width=16,
     raise ValueError(f"ResNet depth must be 6n + 2 (20, 32, 44, 56, 110), "
                      f"received {depth}.")
   blocks = (depth - 2) // 6
-  regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
+  L = keras_module.layers  # pylint: disable=invalid-name
+  regularizer = (keras_module.regularizers.L2(weight_decay) if weight_decay
+                 else None)
 
   def conv(filters, kernel, strides, name):
     return L.Conv2D(filters, kernel, strides=strides, padding="same",
                     use_bias=False, kernel_initializer="he_normal",
                     kernel_regularizer=regularizer, name=name)
 
-  x = keras.Input(input_shape, name="images")
+  x = keras_module.Input(input_shape, name="images")
   h = conv(width, 3, 1, "stem_conv")(x)
   h = L.ReLU(name="stem_relu")(L.BatchNormalization(momentum=bn_momentum, name="stem_bn")(h))
   for stage in range(3):
@@ -68,7 +71,7 @@ def resnet_cifar(depth, input_shape, num_classes, width=16,
   h = L.GlobalAveragePooling2D(name="pool")(h)
   logits = L.Dense(num_classes, kernel_regularizer=regularizer,
                    name="logits")(h)
-  return keras.Model(x, logits, name=name or f"resnet{depth}")
+  return keras_module.Model(x, logits, name=name or f"resnet{depth}")
 
 
 def build_model(name, input_shape, num_classes, weight_decay=1e-4):

@@ -260,6 +260,7 @@ def plot(path, epi, threshold, dense_sizes):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
   values = [np.nan if v is None else v for v in epi.epi_history]
   epochs = np.arange(1, len(values) + 1)
@@ -269,6 +270,7 @@ def plot(path, epi, threshold, dense_sizes):
     ax1.axvline(epi.prune_epoch, color="k", ls=":",
                 label=f"pruned after epoch {epi.prune_epoch}")
   ax1.set(xlabel="epoch", ylabel="EPI", title="Early Pruning Indicator")
+  ax1.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax1.legend()
   names = list(dense_sizes)
   x = np.arange(len(names))
