@@ -14,5 +14,5 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
 fi
 python3 -m pip install -q -e ".[examples]"
 python3 examples/train.py --dataset=fashion_mnist --model=resnet20 \
-  --max_train_examples=6000 --epochs=10 --prune_ratio=0.5 \
+  --max_train_examples=6000 --epochs=10 --prune_ratio=0.5 --epi_window=3 \
   --model_dir=runs/fmnist "$@"
