@@ -98,6 +98,8 @@ class EPICallback(keras.callbacks.Callback):
     epi_history: EPI per epoch (None where undefined).
     width_history: Per epoch, {group name: kept width} of the dominant
       sub-network.
+    early_bird_history: Per epoch, Early-Bird's largest mask distance
+      (``policy="early_bird"``).
     skipped_batches: Batches whose Taylor scores were not finite.
   """
 
@@ -202,6 +204,12 @@ class EPICallback(keras.callbacks.Callback):
   @property
   def pruned(self):
     return self.prune_epoch is not None
+
+  @property
+  def early_bird_history(self):
+    """Early-Bird's largest mask distance per epoch (None until its window
+    is full); empty unless ``policy="early_bird"``."""
+    return list(self._early_bird.values) if self.policy == "early_bird" else []
 
   # -- Keras lifecycle ------------------------------------------------------
 

@@ -117,6 +117,12 @@ def test_early_bird_policy_fires_on_stable_masks():
                       callbacks=[cb])
   assert cb.prune_epoch is not None and cb.prune_epoch >= 5
   assert "eb_distance" in history.history
+  # Undefined until 5 masks exist; the last value is the one that fired.
+  distances = cb.early_bird_history
+  assert len(distances) == cb.prune_epoch and distances[:4] == [None] * 4
+  assert distances[-1] < 0.5
+  assert history.history["eb_distance"][cb.prune_epoch - 1] == (
+      pytest.approx(distances[-1]))
 
 
 def test_magnitude_budget_macs_is_met():
