@@ -86,6 +86,11 @@ _ROUND_TO = flags.DEFINE_list(
     "round_to", ["1", "8", "16", "32"],
     "Kept channels per group are rounded to a multiple of each of these "
     "(one pruned model per value).")
+_MIN_WIDTH = flags.DEFINE_integer(
+    "min_width", 0,
+    "Groups of at most this many channels stay whole and no group is cut "
+    "below it (0: off). Narrow layers run far below peak on CPUs, so cutting "
+    "them saves little time; the search then cuts the wide groups deeper.")
 _IMPORTANCE = flags.DEFINE_enum(
     "importance", "magnitude", ["magnitude", "first"],
     "Which channels to keep: highest keras_epi.magnitude_importance (filter "
@@ -183,6 +188,7 @@ class Config:
   target_macs_ratio: float
   macs_tolerance: float
   round_to: tuple
+  min_width: int
   importance: str
   batch_sizes: tuple
   repeats: int
@@ -253,6 +259,7 @@ def _config_from_flags():
       models=tuple(_MODELS.value), input_size=_INPUT_SIZE.value,
       classes=_CLASSES.value, target_macs_ratio=_TARGET_MACS_RATIO.value,
       macs_tolerance=_MACS_TOLERANCE.value, round_to=ints(_ROUND_TO.value),
+      min_width=_MIN_WIDTH.value,
       importance=_IMPORTANCE.value, batch_sizes=ints(_BATCH_SIZES.value),
       repeats=_REPEATS.value, max_rounds=_MAX_ROUNDS.value,
       max_foreign_load=_MAX_FOREIGN_LOAD.value,
@@ -364,14 +371,14 @@ class MacPlanner:
       total += int(macs * kept // full)  # exact: `full` divides `macs`
     return total
 
-  def uniform_counts(self, fraction, round_to):
+  def uniform_counts(self, fraction, round_to, min_width=0):
     """Kept count per group: nearest multiple of round_to of fraction*size,
-    at least round_to, at most the group size."""
+    at least round_to and min_width, at most the group size."""
     multiples = np.floor(fraction * self.sizes / round_to + 0.5)
-    return np.minimum(np.maximum(multiples, 1) * round_to,
-                      self.sizes).astype(int)
+    counts = np.minimum(np.maximum(multiples, 1) * round_to, self.sizes)
+    return np.maximum(counts, np.minimum(self.sizes, min_width)).astype(int)
 
-  def search(self, target_ratio, round_to, step=1e-3):
+  def search(self, target_ratio, round_to, step=1e-3, min_width=0):
     """The fraction (on a grid of `step`) whose MAC ratio is nearest target.
 
     Returns:
@@ -379,7 +386,7 @@ class MacPlanner:
     """
     best = None
     for fraction in np.arange(step, 1 + step / 2, step):
-      counts = self.uniform_counts(fraction, round_to)
+      counts = self.uniform_counts(fraction, round_to, min_width)
       ratio = self.macs(counts) / self.dense_macs
       if best is None or abs(ratio - target_ratio) < abs(best[2] -
                                                         target_ratio):
@@ -428,7 +435,8 @@ def _pruned_variants(config, dense, groups, planner):
                          f"keras_epi.count_macs {dense_macs}.")
   variants = []
   for round_to in config.round_to:
-    fraction, counts, _ = planner.search(config.target_macs_ratio, round_to)
+    fraction, counts, _ = planner.search(config.target_macs_ratio, round_to,
+                                         min_width=config.min_width)
     keep = _keep_plan(dense, groups, counts, config.importance)
     start = time.perf_counter()
     pruned = keras_epi.prune_model(dense, keep)
@@ -982,8 +990,12 @@ def _markdown(results):
       f" {'/'.join(machine.get('simd', []))}), {machine['usable_cpus']} "
       f"usable CPUs, TensorFlow {machine['tensorflow']}, Keras "
       f"{machine['keras']}, commit {str(machine.get('git_commit'))[:10]}.", "",
-      f"Uniform keep-fraction per channel group, kept count rounded to a "
-      f"multiple of round_to, MAC ratio target "
+      "Uniform keep-fraction per channel group, kept count rounded to a "
+      "multiple of round_to"
+      + (f", groups of at most {results['config'].get('min_width')} channels "
+         "kept whole and none cut below that"
+         if results['config'].get('min_width') else "") +
+      ", MAC ratio target "
       f"{results['config']['target_macs_ratio']}, channels chosen by "
       f"`{results['config']['importance']}`. Dense and pruned are timed in "
       "back-to-back pairs, one pair per pruned model per round; speed-up = "
