@@ -48,6 +48,23 @@ def machine_info():
 
 
 
+def throughput(models, images, rounds):
+  """Inference examples per second of each model in `models` (a dict),
+  called alternately `rounds` times after one tracing call; medians."""
+  calls = {name: tf.function(lambda x, m=m: m(x, training=False))
+           for name, m in models.items()}
+  for call in calls.values():
+    call(images).numpy()  # trace
+  seconds = {name: [] for name in models}
+  for _ in range(rounds):
+    for name, call in calls.items():
+      start = time.perf_counter()
+      call(images).numpy()
+      seconds[name].append(time.perf_counter() - start)
+  return {name: len(images) / float(np.median(s))
+          for name, s in seconds.items()}
+
+
 def epoch_timer(callback_class):
   """A callback, subclassing `callback_class` (Keras 3's or tf_keras'), that
   records every epoch's wall time in `.seconds` and the CPU time this process

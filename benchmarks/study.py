@@ -102,34 +102,12 @@ _THREADS = flags.DEFINE_integer(
     "workers with 1 thread each use 2 cores better than one with 2.")
 
 
-def warmup_cosine(peak, epochs, steps_per_epoch, warmup_epochs):
-  """Linear warm-up to `peak`, then cosine decay to 0 at the last step."""
-  total = max(epochs * steps_per_epoch, 1)
-  warmup = min(int(warmup_epochs * steps_per_epoch), total - 1)
-  return keras.optimizers.schedules.CosineDecay(
-      initial_learning_rate=0.0 if warmup else peak,
-      decay_steps=total - warmup, warmup_target=peak if warmup else None,
-      warmup_steps=warmup)
-
-
 def compile_model(model, schedule):
   model.compile(
       optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True),
       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
       metrics=["accuracy"])
   return model
-
-
-def throughput(model, images, repeats=7):
-  """Inference examples per second (median of `repeats` timed calls)."""
-  call = tf.function(lambda x: model(x, training=False))
-  call(images).numpy()  # trace
-  seconds = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    call(images).numpy()
-    seconds.append(time.perf_counter() - start)
-  return len(images) / float(np.median(seconds))
 
 
 class Study:
@@ -166,7 +144,7 @@ class Study:
                                    weight_decay=_WEIGHT_DECAY.value)
 
   def schedule(self):
-    return warmup_cosine(_LEARNING_RATE.value, _EPOCHS.value, self.steps,
+    return models_lib.warmup_cosine(_LEARNING_RATE.value, _EPOCHS.value, self.steps,
                          _WARMUP_EPOCHS.value)
 
   def record(self, policy, ratio, model, seconds, epoch_seconds, epi=None,
@@ -183,7 +161,8 @@ class Study:
         "macs_dense": self.macs_dense,
         "macs_final": keras_epi.count_macs(model),
         "params_final": model.count_params(),
-        "throughput": throughput(model, self.sample),
+        "throughput": common.throughput({"final": model}, self.sample,
+                                        rounds=7)["final"],
         "epi": None if epi is None else epi.epi_history,
         "epi_threshold": None if epi is None else epi.threshold,
         "widths_final": (None if epi is None or epi.keep is None else
@@ -242,7 +221,7 @@ def run_train_prune_finetune(study, dense_model, dense_record, ratio):
   model = study.build()
   model.set_weights(dense_model.get_weights())
   epochs = 1 + _FINETUNE_EPOCHS.value
-  compile_model(model, warmup_cosine(_FINETUNE_LR.value, epochs, study.steps,
+  compile_model(model, models_lib.warmup_cosine(_FINETUNE_LR.value, epochs, study.steps,
                                      0))
   epi = keras_epi.EPICallback(prune_ratio=ratio, criterion="taylor",
                               policy="fixed", prune_epoch=1)
@@ -345,13 +324,13 @@ def summarize(runs):
     key = (r["policy"], r["prune_ratio"], r.get("fixed_epoch"))
     keys.setdefault(key, []).append(r)
   dense = {r["seed"]: r for r in runs if r["policy"] == "dense"}
+  tpf = {(r["seed"], r["prune_ratio"]): r for r in runs
+         if r["policy"] == "train_prune_finetune"}
   rows = []
   for (policy, ratio, k), group in sorted(
       keys.items(), key=lambda kv: (kv[0][1] or 0, POLICIES.index(kv[0][0])
                                     if kv[0][0] in POLICIES else 9,
                                     kv[0][2] or 0)):
-    tpf = {r["seed"]: r for r in runs if r["policy"] == "train_prune_finetune"
-           and r["prune_ratio"] == ratio}
     rows.append({
         "policy": policy, "prune_ratio": ratio, "fixed_epoch": k,
         "seeds": sorted(r["seed"] for r in group),
@@ -365,8 +344,8 @@ def summarize(runs):
             r["train_seconds"] / dense[r["seed"]]["train_seconds"]
             for r in group if r["seed"] in dense]),
         "time_vs_train_prune_finetune": _mean([
-            r["train_seconds"] / tpf[r["seed"]]["train_seconds"]
-            for r in group if r["seed"] in tpf]),
+            r["train_seconds"] / tpf[r["seed"], ratio]["train_seconds"]
+            for r in group if (r["seed"], ratio) in tpf]),
         "macs_fraction": _mean([r["macs_final"] / r["macs_dense"]
                                 for r in group]),
         "params_final": _mean([r["params_final"] for r in group]),

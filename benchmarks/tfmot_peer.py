@@ -62,8 +62,8 @@ def build(config, shape, num_classes):
                                  keras_module=tf_keras)
 
 
-def load_dense(model, path):
-  weights = np.load(path)
+def load_dense(model, weights):
+  """Sets `model`'s weights from the study's dense npz (by layer name)."""
   for layer in model.layers:
     values = [weights[f"{layer.name}/{i}"]
               for i in range(len(layer.get_weights()))]
@@ -81,27 +81,12 @@ def nonzero_params(model):
   return int(sum(np.count_nonzero(w) for w in model.get_weights()))
 
 
-def speed(models, images, rounds=5):
-  """Examples per second of each model, alternated, median of rounds."""
-  calls = {name: tf.function(lambda x, m=m: m(x, training=False))
-           for name, m in models.items()}
-  for call in calls.values():
-    call(images).numpy()
-  seconds = {name: [] for name in models}
-  for _ in range(rounds):
-    for name, call in calls.items():
-      start = time.perf_counter()
-      call(images).numpy()
-      seconds[name].append(time.perf_counter() - start)
-  return {name: len(images) / float(np.median(s))
-          for name, s in seconds.items()}
-
-
 def run(seed, ratio, config, dense_record, data):
   train, validation, test, steps, shape, num_classes, sample = data
   tf_keras.utils.set_random_seed(seed)
+  weights = np.load(os.path.join(_WORK_DIR.value, f"dense_seed{seed}.npz"))
   dense = build(config, shape, num_classes)
-  load_dense(dense, os.path.join(_WORK_DIR.value, f"dense_seed{seed}.npz"))
+  load_dense(dense, weights)
   epochs = 1 + config["finetune_epochs"]
   schedule = tfmot.sparsity.keras.PolynomialDecay(
       initial_sparsity=0.0, final_sparsity=ratio, begin_step=0,
@@ -126,9 +111,9 @@ def run(seed, ratio, config, dense_record, data):
   test_accuracy = final.evaluate(test, verbose=0)[1]
   validation_accuracy = final.evaluate(validation, verbose=0)[1]
   reference = build(config, shape, num_classes)
-  load_dense(reference, os.path.join(_WORK_DIR.value,
-                                     f"dense_seed{seed}.npz"))
-  throughput = speed({"dense": reference, "pruned": final}, sample)
+  load_dense(reference, weights)
+  throughput = common.throughput({"dense": reference, "pruned": final},
+                                 sample, rounds=5)
   kernels = [w for layer in final.layers for w in
              ([layer.kernel] if hasattr(layer, "kernel") else [])]
   sparsity = 1 - (sum(int(np.count_nonzero(k.numpy())) for k in kernels) /

@@ -74,6 +74,17 @@ def resnet_cifar(depth, input_shape, num_classes, width=16,
   return keras_module.Model(x, logits, name=name or f"resnet{depth}")
 
 
+def warmup_cosine(peak, epochs, steps_per_epoch, warmup_epochs):
+  """The examples' learning-rate schedule: linear warm-up from 0 to `peak`
+  over `warmup_epochs`, then cosine decay to 0 at the last step."""
+  total = max(epochs * steps_per_epoch, 1)
+  warmup = min(int(warmup_epochs * steps_per_epoch), total - 1)
+  return keras.optimizers.schedules.CosineDecay(
+      initial_learning_rate=0.0 if warmup else peak,
+      decay_steps=total - warmup, warmup_target=peak if warmup else None,
+      warmup_steps=warmup)
+
+
 def build_model(name, input_shape, num_classes, weight_decay=1e-4):
   """A model by name: a CIFAR ResNet or a keras.applications CNN.
 

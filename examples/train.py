@@ -197,13 +197,8 @@ def is_chief(strategy):
 
 
 def learning_rate_schedule(config, steps_per_epoch):
-  total = max(config.epochs * steps_per_epoch, 1)
-  warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
-  return keras.optimizers.schedules.CosineDecay(
-      initial_learning_rate=0.0 if warmup else config.learning_rate,
-      decay_steps=total - warmup, warmup_target=(config.learning_rate
-                                                 if warmup else None),
-      warmup_steps=warmup)
+  return models_lib.warmup_cosine(config.learning_rate, config.epochs,
+                                  steps_per_epoch, config.warmup_epochs)
 
 
 class WidthLogger(keras.callbacks.Callback):
