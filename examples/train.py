@@ -78,6 +78,9 @@ _EPI_THRESHOLD = flags.DEFINE_float(
     "for the criterion, 0.944 taylor / 0.983 magnitude).")
 _ROUND_TO = flags.DEFINE_integer("round_to", 1,
                                  "Kept widths are multiples of this.")
+_KEEP_RESIDUAL = flags.DEFINE_bool(
+    "keep_residual", False,
+    "Leave the residual streams whole; prune inside the blocks only.")
 _GRADUAL_STEPS = flags.DEFINE_integer(
     "gradual_steps", 1, "1: one-shot prune; k: k steps over one epoch.")
 _CONTINUE_ON_PRUNED = flags.DEFINE_bool(
@@ -132,6 +135,7 @@ class TrainConfig:
   epi_window: int
   epi_threshold: float | None
   round_to: int
+  keep_residual: bool
   gradual_steps: int
   continue_on_pruned: bool
   strategy: str
@@ -349,6 +353,7 @@ def main(argv):
         criterion=config.criterion, window=config.epi_window,
         threshold=config.epi_threshold, policy=config.policy,
         prune_epoch=config.prune_epoch, round_to=config.round_to,
+        keep_residual=config.keep_residual,
         gradual_steps=config.gradual_steps)
     callbacks = [epi, WidthLogger(epi, log_dir)] + callbacks
   callbacks += [keras.callbacks.TensorBoard(log_dir),

@@ -9,11 +9,14 @@ Public API:
   EPICallback: scoring, the Early Pruning Indicator and pruning in model.fit.
   fit: model.fit that continues training on the pruned model.
   EarlyPruningIndicator, EarlyBirdIndicator: the stability indicators.
+  fold_batchnorm: an inference copy with BatchNormalization folded into
+    the convolutions before it (for export and timing).
 """
 
 from keras_epi.budget import count_macs
 from keras_epi.budget import select_channels
 from keras_epi.callbacks import EPICallback
+from keras_epi.export import fold_batchnorm
 from keras_epi.graph import ChannelGroup
 from keras_epi.graph import channel_groups
 from keras_epi.importance import magnitude_importance
@@ -31,6 +34,7 @@ __all__ = [
     "channel_groups",
     "count_macs",
     "fit",
+    "fold_batchnorm",
     "magnitude_importance",
     "prune_model",
     "select_channels",

@@ -73,6 +73,9 @@ class EPICallback(keras.callbacks.Callback):
     round_to: Kept widths are rounded to multiples of this.
     keep_stem: Leave the first conv's group whole (HALP does). The
       classifier's outputs are never pruned.
+    keep_residual: Leave the residual streams whole (`ChannelGroup.residual`)
+      and meet the budget inside the blocks (see
+      `keras_epi.select_channels`).
     taylor_reduction: "square" (mean of s^2 per interval, Taylor_pruning) or
       "abs" (mean |s|, HALP).
     init_steps: Batches scored before pruning at initialisation.
@@ -106,6 +109,7 @@ class EPICallback(keras.callbacks.Callback):
   def __init__(self, prune_ratio=0.3, budget="neurons", criterion="taylor",
                window=5, threshold=None, policy="epi", prune_epoch=None,
                ignore=(), min_channels=1, round_to=1, keep_stem=True,
+               keep_residual=False,
                taylor_reduction="square", init_steps=20,
                early_bird_penalty=1e-4, early_bird_distance=0.1,
                backup_dir=None, gradual_steps=1, verbose=1):
@@ -160,6 +164,7 @@ class EPICallback(keras.callbacks.Callback):
     self.min_channels = min_channels
     self.round_to = round_to
     self.keep_stem = keep_stem
+    self.keep_residual = bool(keep_residual)
     self.taylor_reduction = taylor_reduction
     self.init_steps = init_steps
     self.early_bird_penalty = float(early_bird_penalty)
@@ -222,13 +227,15 @@ class EPICallback(keras.callbacks.Callback):
     self._analysis = graph.analyze(model, self.ignore)
     stem = self._analysis.groups[0].name if self._analysis.groups else None
     self._groups = [g for g in self._analysis.groups
-                    if not (self.keep_stem and g.name == stem)]
+                    if not (self.keep_stem and g.name == stem) and
+                    not (self.keep_residual and g.residual)]
     if not self._groups:
       raise ValueError(
           f"Model '{model.name}' has no prunable channel groups (its groups: "
           f"{[g.name for g in self._analysis.groups]}; keep_stem="
-          f"{self.keep_stem}). EPICallback needs convolution or Dense layers "
-          "whose outputs are not model outputs.")
+          f"{self.keep_stem}, keep_residual={self.keep_residual}). "
+          "EPICallback needs convolution or Dense layers whose outputs are "
+          "not model outputs.")
     self._macs_dense = budget_lib.planned_macs(self._analysis, {})
     needs_gradients = (self.criterion == "taylor" or
                        self.policy == "early_bird")

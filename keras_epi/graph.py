@@ -39,6 +39,7 @@ _CONV_TRANSPOSE = (_L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose)
 _DEPTHWISE = (_L.DepthwiseConv1D, _L.DepthwiseConv2D)
 _SEPARABLE = (_L.SeparableConv1D, _L.SeparableConv2D)
 _MERGE = (_L.Add, _L.Subtract, _L.Multiply, _L.Average, _L.Maximum, _L.Minimum)
+_RESIDUAL_MERGE = tuple(m for m in _MERGE if m is not _L.Multiply)
 # Layers that act on each channel independently and have no per-channel state
 # other than the ones handled by the surgeon (PReLU's alpha).
 _PER_CHANNEL = (
@@ -73,10 +74,15 @@ class ChannelGroup:
       group's channel ``i``. Where a layer carries each channel ``k`` times
       (DepthwiseConv with ``depth_multiplier=k``, Flatten of a ``HxW`` map),
       ``positions`` has shape ``(size, k)``.
+    residual: True when the channels pass through an element-wise sum-like
+      merge (Add, Subtract, Average, Maximum, Minimum): a residual stream,
+      whose activations every block of its stage carries. (A Multiply, as in
+      squeeze-excite gates, does not count.)
   """
   name: str
   size: int
   members: tuple
+  residual: bool = False
 
   def member_names(self):
     """Names of the member layers, in topological order."""
@@ -84,7 +90,8 @@ class ChannelGroup:
 
   def __repr__(self):
     return (f"ChannelGroup(name={self.name!r}, size={self.size}, "
-            f"members={self.member_names()!r})")
+            f"members={self.member_names()!r}"
+            f"{', residual=True' if self.residual else ''})")
 
 
 def channel_groups(model, *, ignore=()):
@@ -184,6 +191,43 @@ def replay(model, inputs, operation_for):
       tensors[id(old)] = new
   return keras.tree.map_structure(lambda t: tensors[id(t)],
                                   model._outputs_struct)  # pylint: disable=protected-access
+
+
+def rebuild(model, inputs, operation_for, call_for=None):
+  """A new model with `model`'s graph on new `inputs`.
+
+  Args:
+    model: A functional or Sequential model.
+    inputs: New `keras.Input` tensors, one per `model.inputs`.
+    operation_for: Maps an operation of `model` to its replacement.
+    call_for: What to call in place of an operation of a functional graph
+      (default `operation_for`); a Sequential model takes the layers of
+      `operation_for`.
+
+  Returns:
+    The new model (Sequential if `model` is), with `model`'s name and
+    `trainable`.
+  """
+  if isinstance(model, keras.Sequential):
+    new = keras.Sequential(
+        [inputs[0], *[operation_for(layer) for layer in model.layers]],
+        name=model.name)
+  else:
+    outputs = replay(model, inputs, call_for or operation_for)
+    new = keras.Model(
+        inputs=keras.tree.pack_sequence_as(model._inputs_struct, inputs),  # pylint: disable=protected-access
+        outputs=outputs, name=model.name)
+  new.trainable = model.trainable
+  return new
+
+
+def new_input(tensor, shape=None):
+  """A `keras.Input` like a model input `tensor` (same name), optionally
+  with another per-example `shape`."""
+  return keras.Input(
+      shape=tuple(tensor.shape[1:]) if shape is None else tuple(shape),
+      dtype=tensor.dtype, sparse=tensor.sparse,
+      name=tensor._keras_history.operation.name)  # pylint: disable=protected-access
 
 
 def _check_model(model):
@@ -491,45 +535,59 @@ class _Analysis:
     for r in class_order:
       by_group.setdefault(component[r], []).append(r)
 
+    by_group = {name: np.asarray(c, dtype=np.int64)
+                for name, c in by_group.items()}
     groups, classes = [], {}
-    for name, members_classes in by_group.items():
-      members_classes = np.asarray(members_classes, dtype=np.int64)
-      members = self._members(name, members_classes)
+    for name, members in self._all_members(by_group).items():
       if members is None:
         continue
-      groups.append(ChannelGroup(name=name, size=len(members_classes),
-                                 members=members))
-      classes[name] = members_classes
+      residual = any(isinstance(self.calls[path][0], _RESIDUAL_MERGE)
+                     for path, _ in members)
+      groups.append(ChannelGroup(name=name, size=len(by_group[name]),
+                                 members=members, residual=residual))
+      classes[name] = by_group[name]
     return groups, classes
 
-  def _members(self, name, group_classes):
-    members = []
-    order = np.argsort(group_classes)
-    sorted_classes = group_classes[order]
+  def _all_members(self, group_classes):
+    """``{group name: members, or None}`` for ``{name: class labels}``, in
+    one pass over the calls (None: the group reaches a layer in part)."""
+    names = list(group_classes)
+    group_of = np.full(self._size, -1, dtype=np.int64)  # root -> group
+    channel_of = np.zeros(self._size, dtype=np.int64)  # root -> channel
+    for index, name in enumerate(names):
+      group_of[group_classes[name]] = index
+      channel_of[group_classes[name]] = np.arange(len(group_classes[name]))
+    members = {name: [] for name in names}
     for path, (_, _, outs) in self.calls.items():
       if len(outs) != 1:
         continue
       roots = self.find(outs[0])
-      hit = np.isin(roots, sorted_classes)
-      if not hit.any():
-        continue
-      pos = np.nonzero(hit)[0]
-      channel = order[np.searchsorted(sorted_classes, roots[pos])]
-      counts = np.bincount(channel, minlength=len(group_classes))
-      if counts.min() != counts.max():
-        logging.warning(
-            "keras_epi: channel group '%s' reaches layer '%s' only in part "
-            "(through a concatenation feeding a merge); the group is kept "
-            "unpruned.", name, path)
-        return None
-      positions = pos[np.argsort(channel, kind="stable")].reshape(
-          len(group_classes), counts[0])
-      members.append((path, positions[:, 0] if counts[0] == 1 else positions))
-    return tuple(members)
+      owners = group_of[roots]
+      for index in np.unique(owners[owners >= 0]):
+        name = names[index]
+        if members[name] is None:
+          continue
+        pos = np.nonzero(owners == index)[0]
+        channel = channel_of[roots[pos]]
+        size = len(group_classes[name])
+        counts = np.bincount(channel, minlength=size)
+        if counts.min() != counts.max():
+          logging.warning(
+              "keras_epi: channel group '%s' reaches layer '%s' only in part "
+              "(through a concatenation feeding a merge); the group is kept "
+              "unpruned.", name, path)
+          members[name] = None
+          continue
+        positions = pos[np.argsort(channel, kind="stable")].reshape(
+            size, counts[0])
+        members[name].append(
+            (path, positions[:, 0] if counts[0] == 1 else positions))
+    return {name: None if m is None else tuple(m)
+            for name, m in members.items()}
 
   def removed_labels(self, keep):
-    """Root labels to remove (sorted array) for a `keep` mapping; validates
-    `keep`."""
+    """Which root labels to remove for a `keep` mapping, as a boolean array
+    indexed by label; validates `keep`."""
     if not hasattr(keep, "items"):
       raise ValueError(
           "`keep` must map group names to the channel indices to keep, "
@@ -564,15 +622,16 @@ class _Analysis:
       if len(np.unique(idx)) != idx.size:
         raise ValueError(f"`keep[{name!r}]` has repeated indices.")
       removed.append(np.delete(classes, idx))
-    if not removed:
-      return np.zeros(0, dtype=np.int64)
-    return np.unique(np.concatenate(removed))
+    flags = np.zeros(self._size, dtype=bool)
+    for labels in removed:
+      flags[labels] = True
+    return flags
 
   def keep_mask(self, labels, removed):
     """Boolean mask of the channels of a tensor that survive.
 
-    `removed` is the sorted array from `removed_labels`."""
-    return ~np.isin(self.find(labels), removed)
+    `removed` is the array from `removed_labels`."""
+    return ~removed[self.find(labels)]
 
 
 class _Unsupported(Exception):

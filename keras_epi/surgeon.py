@@ -91,6 +91,7 @@ class _Surgeon:
     self._removed = removed
     self._models = {}  # id(old model) -> new model
     self._layers = {}  # path -> (old layer, new layer)
+    self._layer_masks = {}  # path -> {"in"/"out"/"mid": keep mask}
 
   def _mask(self, labels):
     return self._analysis.keep_mask(labels, self._removed)
@@ -108,9 +109,7 @@ class _Surgeon:
       shape = list(tensor.shape[1:])
       if lab is not None and shape:
         shape[-1] = int(self._mask(lab).sum())
-      inputs.append(keras.Input(shape=tuple(shape), dtype=tensor.dtype,
-                                sparse=tensor.sparse,
-                                name=tensor._keras_history.operation.name))  # pylint: disable=protected-access
+      inputs.append(graph.new_input(tensor, shape))
 
     def operation_for(op):
       if isinstance(op, keras.Model):
@@ -119,15 +118,7 @@ class _Surgeon:
         return op  # a stateless keras.ops operation
       return self._layer(op, prefix + op.name)
 
-    if isinstance(model, keras.Sequential):
-      layers = [operation_for(layer) for layer in model.layers]
-      new = keras.Sequential([inputs[0], *layers], name=model.name)
-    else:
-      outputs = graph.replay(model, inputs, operation_for)
-      new = keras.Model(
-          inputs=keras.tree.pack_sequence_as(model._inputs_struct, inputs),  # pylint: disable=protected-access
-          outputs=outputs, name=model.name)
-    new.trainable = model.trainable
+    new = graph.rebuild(model, inputs, operation_for)
     self._models[id(model)] = new
     if not prefix:
       self._load_weights()
@@ -136,34 +127,26 @@ class _Surgeon:
   def _layer(self, layer, path):
     if path in self._layers:
       return self._layers[path][1]
-    _, ins, outs = self._analysis.calls[path]
-    config = _new_config(layer, self._masks(layer, ins, outs))
-    if isinstance(layer, _L.Lambda):
-      # from_config refuses Python lambdas in safe mode; this one is the
-      # caller's own object, so reuse its function.
-      new = _L.Lambda(layer.function, output_shape=layer._output_shape,  # pylint: disable=protected-access
-                      mask=layer.mask, arguments=layer.arguments,
-                      name=config["name"], dtype=config.get("dtype"),
-                      trainable=config["trainable"])
-    else:
-      new = type(layer).from_config(config)
+    new = layer_from_config(layer, _new_config(layer, self._masks(path)))
     self._layers[path] = (layer, new)
     return new
 
-  def _masks(self, layer, ins, outs):
-    masks = {"in": self._mask(ins[0]) if ins else None,
-             "out": self._mask(outs[0])}
-    if isinstance(layer, graph._SEPARABLE):  # pylint: disable=protected-access
-      masks["mid"] = np.repeat(masks["in"], layer.depth_multiplier)
-    return masks
+  def _masks(self, path):
+    if path not in self._layer_masks:
+      layer, ins, outs = self._analysis.calls[path]
+      masks = {"in": self._mask(ins[0]) if ins else None,
+               "out": self._mask(outs[0])}
+      if isinstance(layer, graph._SEPARABLE):  # pylint: disable=protected-access
+        masks["mid"] = np.repeat(masks["in"], layer.depth_multiplier)
+      self._layer_masks[path] = masks
+    return self._layer_masks[path]
 
   def weight_pairs(self):
     """Yields ``(old variable, new variable, slice)`` for every weight, where
     ``slice(array)`` cuts an array shaped like the old variable (its value or
     an optimizer slot) to the new variable's shape."""
     for path, (old, new) in self._layers.items():
-      _, ins, outs = self._analysis.calls[path]
-      masks = self._masks(old, ins, outs)
+      masks = self._masks(path)
       axes = _weight_axes(old)
       for old_weight, new_weight in zip(old.weights, new.weights):
         cuts = [(axis, masks[side])
@@ -180,6 +163,18 @@ class _Surgeon:
             "pass the layer in `ignore=` meanwhile.")
       new.assign(value)
     logging.vlog(1, "keras_epi: rebuilt %d layers", len(self._layers))
+
+
+def layer_from_config(layer, config):
+  """A new, unbuilt layer of `layer`'s class made from `config`. Internal."""
+  if isinstance(layer, _L.Lambda):
+    # from_config refuses Python lambdas in safe mode; this one is the
+    # caller's own object, so reuse its function.
+    return _L.Lambda(layer.function, output_shape=layer._output_shape,  # pylint: disable=protected-access
+                     mask=layer.mask, arguments=layer.arguments,
+                     name=config["name"], dtype=config.get("dtype"),
+                     trainable=config["trainable"])
+  return type(layer).from_config(config)
 
 
 def _cut(value, cuts):

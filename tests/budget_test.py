@@ -1,6 +1,8 @@
-"""Tests of keras_epi.count_macs against hand-computed counts."""
+"""Tests of keras_epi.count_macs against hand-computed counts, and of the
+budgeted choice of channels (keras_epi.select_channels)."""
 
 import keras
+import numpy as np
 import pytest
 
 import keras_epi
@@ -49,3 +51,44 @@ def test_unknown_spatial_size_is_a_clear_error():
   model = keras.Sequential([keras.Input((None, None, 3)), L.Conv2D(4, 3)])
   with pytest.raises(ValueError, match="conv2d.*unknown shape.*keras.Input"):
     keras_epi.count_macs(model)
+
+
+def _residual_model():
+  keras.utils.set_random_seed(0)
+  x = keras.Input((8, 8, 3))
+  h = L.Conv2D(8, 3, padding="same", name="stem")(x)
+  a = L.Conv2D(16, 3, padding="same", name="inner")(h)
+  b = L.Conv2D(8, 3, padding="same", name="out")(a)
+  h = L.Add(name="add")([h, b])
+  return keras.Model(x, L.Dense(2, name="fc")(
+      L.GlobalAveragePooling2D()(h)))
+
+
+def test_keep_residual_meets_the_budget_inside_the_blocks():
+  model = _residual_model()
+  groups = keras_epi.channel_groups(model)
+  assert [(g.name, g.residual) for g in groups] == [("stem", True),
+                                                    ("inner", False)]
+  # The stream scores lowest, so a plain plan cuts it first.
+  scores = {"stem": np.arange(8.0), "inner": 100 + np.arange(16.0)}
+  plain = keras_epi.select_channels(model, scores, 0.25, keep_stem=False)
+  assert len(plain["stem"]) == 2 and len(plain["inner"]) == 16
+  kept = keras_epi.select_channels(model, scores, 0.25, keep_stem=False,
+                                   keep_residual=True)
+  assert "stem" not in kept
+  np.testing.assert_array_equal(kept["inner"], np.arange(4, 16))
+  macs = keras_epi.select_channels(model, scores, 0.4, budget="macs",
+                                   keep_stem=False, keep_residual=True)
+  # MACs: stem 13824, inner and out 73728 each, fc 16. Keeping k inner
+  # channels leaves 13840 + 147456 * k / 16; k = 9 would be 0.60004 of the
+  # dense 161296, just over the budget, so k = 8.
+  assert len(macs["inner"]) == 8
+  pruned = keras_epi.prune_model(model, macs)
+  assert keras_epi.count_macs(pruned) == 13840 + 147456 * 8 // 16
+
+
+def test_keep_residual_with_nothing_else_to_prune_is_a_clear_error():
+  model = _residual_model()
+  with pytest.raises(ValueError, match="keep_residual=True"):
+    keras_epi.select_channels(model, {"stem": np.arange(8.0)}, 0.5,
+                              keep_stem=False, keep_residual=True)

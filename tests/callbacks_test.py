@@ -135,6 +135,18 @@ def test_magnitude_budget_macs_is_met():
   assert 0.44 <= ratio <= 0.5  # one c1 channel is 6% of the MACs
 
 
+def test_keep_residual_leaves_the_residual_stream_whole():
+  model = make_model()
+  x, y = make_data()
+  cb = keras_epi.EPICallback(prune_ratio=0.5, policy="fixed", prune_epoch=1,
+                             keep_residual=True)
+  model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+  pruned = cb.pruned_model
+  for name in ("c2", "short"):  # the stream: c2 + short
+    assert pruned.get_layer(name).filters == 16
+  assert pruned.get_layer("c1").filters == 8  # half of all scored channels
+
+
 def test_callback_is_reusable_across_fits():
   x, y = make_data()
   cb = keras_epi.EPICallback(prune_ratio=0.3, policy="fixed", prune_epoch=1)

@@ -48,6 +48,31 @@ def test_add_couples_producers_into_one_group_named_by_the_first():
   assert groups["a"].member_names() == ["a", "b", "add", "flat"]
 
 
+def test_residual_marks_sum_like_merges_not_gates():
+  x = keras.Input((8, 8, 3))
+  a = L.Conv2D(4, 1, name="a")(x)
+  b = L.Conv2D(4, 1, name="b")(x)
+  s = L.Add(name="add")([a, b])
+  g = L.Conv2D(4, 1, activation="sigmoid", name="gate")(
+      L.GlobalAveragePooling2D(keepdims=True)(s))
+  c = L.Conv2D(6, 1, name="c")(L.Multiply(name="se")([s, g]))
+  y = L.Dense(2, name="fc")(L.GlobalAveragePooling2D()(c))
+  groups = _groups(keras.Model(x, y))
+  assert groups["a"].residual  # a + b: a residual stream
+  assert not groups["c"].residual
+  assert "residual=True" in repr(groups["a"])
+  # MobileNetV2: the streams of stages with more than one block are
+  # residual, the expanded channels inside the blocks are not.
+  model = keras.applications.MobileNetV2(weights=None,
+                                         input_shape=(32, 32, 3))
+  by_name = _groups(model)
+  assert by_name["block_1_project"].residual  # + block_2_project
+  assert not by_name["block_2_expand"].residual
+  assert not by_name["block_16_project"].residual  # a stage of one block
+  assert sorted(g.size for g in by_name.values() if g.residual) == [
+      24, 32, 64, 96, 160]
+
+
 @pytest.mark.parametrize("merge", [L.Subtract, L.Multiply, L.Average,
                                    L.Maximum, L.Minimum])
 def test_every_elementwise_merge_couples(merge):
