@@ -91,6 +91,16 @@ _MIN_WIDTH = flags.DEFINE_integer(
     "Groups of at most this many channels stay whole and no group is cut "
     "below it (0: off). Narrow layers run far below peak on CPUs, so cutting "
     "them saves little time; the search then cuts the wide groups deeper.")
+_KEEP_RESIDUAL = flags.DEFINE_bool(
+    "keep_residual", False,
+    "Residual streams (groups with keras_epi.ChannelGroup.residual) stay "
+    "whole; only the other groups are cut, deeper. On CPU an inverted-"
+    "residual net's time follows its wide expanded activations, which these "
+    "cuts shrink most per MAC saved.")
+_FOLD_BATCHNORM = flags.DEFINE_bool(
+    "fold_batchnorm", False,
+    "Time the deployed form: keras_epi.fold_batchnorm applied to the dense "
+    "and every pruned model (MACs are unchanged by folding).")
 _IMPORTANCE = flags.DEFINE_enum(
     "importance", "magnitude", ["magnitude", "first"],
     "Which channels to keep: highest keras_epi.magnitude_importance (filter "
@@ -189,6 +199,8 @@ class Config:
   macs_tolerance: float
   round_to: tuple
   min_width: int
+  keep_residual: bool
+  fold_batchnorm: bool
   importance: str
   batch_sizes: tuple
   repeats: int
@@ -259,7 +271,8 @@ def _config_from_flags():
       models=tuple(_MODELS.value), input_size=_INPUT_SIZE.value,
       classes=_CLASSES.value, target_macs_ratio=_TARGET_MACS_RATIO.value,
       macs_tolerance=_MACS_TOLERANCE.value, round_to=ints(_ROUND_TO.value),
-      min_width=_MIN_WIDTH.value,
+      min_width=_MIN_WIDTH.value, keep_residual=_KEEP_RESIDUAL.value,
+      fold_batchnorm=_FOLD_BATCHNORM.value,
       importance=_IMPORTANCE.value, batch_sizes=ints(_BATCH_SIZES.value),
       repeats=_REPEATS.value, max_rounds=_MAX_ROUNDS.value,
       max_foreign_load=_MAX_FOREIGN_LOAD.value,
@@ -322,6 +335,7 @@ class MacPlanner:
   def __init__(self, model, groups):
     self.groups = groups
     self.sizes = np.array([g.size for g in groups])
+    self.residual = np.array([g.residual for g in groups], dtype=bool)
     producer = {id(layer.output): layer.name for layer in model.layers}
     # layer name -> [(group index, channels per group channel)]
     self._carried = {}
@@ -371,14 +385,20 @@ class MacPlanner:
       total += int(macs * kept // full)  # exact: `full` divides `macs`
     return total
 
-  def uniform_counts(self, fraction, round_to, min_width=0):
+  def uniform_counts(self, fraction, round_to, min_width=0,
+                     keep_residual=False):
     """Kept count per group: nearest multiple of round_to of fraction*size,
-    at least round_to and min_width, at most the group size."""
+    at least round_to and min_width, at most the group size; with
+    `keep_residual`, residual streams keep every channel."""
     multiples = np.floor(fraction * self.sizes / round_to + 0.5)
     counts = np.minimum(np.maximum(multiples, 1) * round_to, self.sizes)
-    return np.maximum(counts, np.minimum(self.sizes, min_width)).astype(int)
+    counts = np.maximum(counts, np.minimum(self.sizes, min_width))
+    if keep_residual:
+      counts = np.where(self.residual, self.sizes, counts)
+    return counts.astype(int)
 
-  def search(self, target_ratio, round_to, step=1e-3, min_width=0):
+  def search(self, target_ratio, round_to, step=1e-3, min_width=0,
+             keep_residual=False):
     """The fraction (on a grid of `step`) whose MAC ratio is nearest target.
 
     Returns:
@@ -386,7 +406,8 @@ class MacPlanner:
     """
     best = None
     for fraction in np.arange(step, 1 + step / 2, step):
-      counts = self.uniform_counts(fraction, round_to, min_width)
+      counts = self.uniform_counts(fraction, round_to, min_width,
+                                   keep_residual)
       ratio = self.macs(counts) / self.dense_macs
       if best is None or abs(ratio - target_ratio) < abs(best[2] -
                                                         target_ratio):
@@ -436,7 +457,8 @@ def _pruned_variants(config, dense, groups, planner):
   variants = []
   for round_to in config.round_to:
     fraction, counts, _ = planner.search(config.target_macs_ratio, round_to,
-                                         min_width=config.min_width)
+                                         min_width=config.min_width,
+                                         keep_residual=config.keep_residual)
     keep = _keep_plan(dense, groups, counts, config.importance)
     start = time.perf_counter()
     pruned = keras_epi.prune_model(dense, keep)
@@ -783,6 +805,12 @@ def _benchmark_model(config, name, rng, monitor, loop_overhead):
                           params=dense.count_params())
   variants = [dense_variant] + _pruned_variants(config, dense, groups,
                                                 planner)
+  if config.fold_batchnorm:
+    for variant in variants:
+      variant.model = keras_epi.fold_batchnorm(variant.model)
+      if keras_epi.count_macs(variant.model) != variant.macs:
+        raise AssertionError(f"{name} {variant.label}: folding changed the "
+                             "MAC count.")
   result = {"model": name, "groups": len(groups),
             "dense": {"macs": dense_variant.macs,
                       "params": dense_variant.params},
@@ -994,7 +1022,12 @@ def _markdown(results):
       "multiple of round_to"
       + (f", groups of at most {results['config'].get('min_width')} channels "
          "kept whole and none cut below that"
-         if results['config'].get('min_width') else "") +
+         if results['config'].get('min_width') else "")
+      + (", residual streams (`ChannelGroup.residual`) kept whole"
+         if results['config'].get('keep_residual') else "")
+      + (", BatchNormalization folded into the convolutions "
+         "(`keras_epi.fold_batchnorm`) in dense and pruned models alike"
+         if results['config'].get('fold_batchnorm') else "") +
       ", MAC ratio target "
       f"{results['config']['target_macs_ratio']}, channels chosen by "
       f"`{results['config']['importance']}`. Dense and pruned are timed in "
