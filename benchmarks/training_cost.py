@@ -9,6 +9,17 @@ r"""Training-cost benchmarks of EPICallback and keras_epi.fit.
    tens of percent within minutes, so the overhead is the median over rounds
    of the *paired* ratio (a variant's median epoch / plain's median epoch in
    the same round), for wall time and for this process's CPU time.
+   Whole fits are coarse (the per-round ratios of identical work spread by
+   +-10-30%), so the overhead is also measured step by step:
+1b. Per-step overhead: the same two models, the Taylor one with its
+   EPICallback set up as `fit` does (`on_train_begin` installs the gradient
+   hook and retraces the train step), run single train steps (the
+   `train_function` that `fit` calls, each synchronised on its loss)
+   alternately, order swapped every pair, for `--step_pairs` pairs; the
+   overhead is the median paired step-time ratio. The callback's epoch-end
+   work (reading the scores, planning the dominant sub-network, the
+   indicator) is timed separately and added as a fraction of an epoch of
+   `--examples / --batch_size` steps.
 2. Post-prune speed: the epoch time of the pruned model that keras_epi.fit
    continues with, against the dense model's, alternately, next to the MAC
    ratio (the paper's training-cost saving comes from this).
@@ -43,6 +54,8 @@ _IMAGE_SHAPE = flags.DEFINE_list("image_shape", ["28", "28", "1"],
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternation rounds.")
 _EPOCHS_PER_FIT = flags.DEFINE_integer(
     "epochs_per_fit", 3, "Epochs per fit; the first (tracing) is dropped.")
+_STEP_PAIRS = flags.DEFINE_integer(
+    "step_pairs", 200, "Alternated (plain, Taylor) train-step pairs.")
 _PRUNE_RATIO = flags.DEFINE_float("prune_ratio", 0.5,
                                   "MAC fraction removed for part 2.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSON results path.")
@@ -72,6 +85,59 @@ def _paired(rounds, name):
 
 def _quartiles(values):
   return [float(q) for q in np.percentile(values, [25, 50, 75])]
+
+
+def _step_overhead(build, data):
+  """Part 1b: paired single-step times, plain vs Taylor-scoring, and the
+  callback's epoch-end cost."""
+  steps_per_epoch = _EXAMPLES.value // _BATCH_SIZE.value
+  plain, taylor = build(), build()
+  callback = keras_epi.EPICallback(criterion="taylor", policy="fixed",
+                                   prune_epoch=10**6)
+  callback.set_model(taylor)
+  callback.set_params({"epochs": 1, "steps": steps_per_epoch, "verbose": 0})
+  for model in (plain, taylor):
+    model.make_train_function()
+  callback.on_train_begin()  # installs the hook, retraces the train step
+  iterators = {id(m): iter(data.repeat()) for m in (plain, taylor)}
+
+  def step(model):
+    start = time.perf_counter()
+    float(model.train_function(iterators[id(model)])["loss"])
+    return time.perf_counter() - start
+
+  for _ in range(3):  # tracing and warm-up
+    step(plain), step(taylor)  # pylint: disable=expression-not-assigned
+  times = {"plain": [], "taylor": []}
+  for i in range(_STEP_PAIRS.value):
+    order = ("plain", "taylor") if i % 2 == 0 else ("taylor", "plain")
+    for name in order:
+      times[name].append(step(plain if name == "plain" else taylor))
+  ratios = [t / p for t, p in zip(times["taylor"], times["plain"])]
+  epoch_end = []
+  for epoch in range(5):
+    callback.on_epoch_begin(epoch)
+    for _ in range(2):  # scores to plan from
+      step(taylor)
+    start = time.perf_counter()
+    callback.on_epoch_end(epoch, {})
+    epoch_end.append(time.perf_counter() - start)
+  callback.on_train_end()
+  step_seconds = float(np.median(times["plain"]))
+  epoch_end_fraction = float(np.median(epoch_end)) / (steps_per_epoch *
+                                                       step_seconds)
+  return {
+      "pairs": _STEP_PAIRS.value,
+      "median_step_seconds": {k: float(np.median(v))
+                              for k, v in times.items()},
+      "step_ratio": float(np.median(ratios)),
+      "step_ratio_quartiles": _quartiles(ratios),
+      "epoch_end_seconds": epoch_end,
+      "steps_per_epoch": steps_per_epoch,
+      "epoch_end_fraction_of_epoch": epoch_end_fraction,
+      "overhead_per_epoch": float(np.median(ratios)) + epoch_end_fraction,
+      "step_seconds": times,
+  }
 
 
 def main(argv):
@@ -116,6 +182,8 @@ def main(argv):
                        _paired(cpu_rounds, name))}
             for name in names if name != "plain"}
 
+  step_overhead = _step_overhead(build, data)
+
   # Part 2: the model keras_epi.fit continues with, against the dense one.
   dense = build()
   cb = keras_epi.EPICallback(prune_ratio=_PRUNE_RATIO.value, budget="macs",
@@ -146,6 +214,7 @@ def main(argv):
           "cpu_epoch_seconds": {name: [t for r in cpu_rounds for t in r[name]]
                                 for name in names},
       },
+      "scoring_overhead_per_step": step_overhead,
       "post_prune": {
           "macs_ratio": macs_ratio,
           "epoch_time_ratio": epoch_ratio,
