@@ -73,6 +73,10 @@ _POLICY = flags.DEFINE_enum(
 _PRUNE_EPOCH = flags.DEFINE_integer("prune_epoch", None,
                                     "Dense epochs before pruning (fixed).")
 _EPI_WINDOW = flags.DEFINE_integer("epi_window", 5, "EPI window r.")
+_EPI_PRUNE_BY = flags.DEFINE_integer(
+    "epi_prune_by", None,
+    "Deadline for --policy=epi/early_bird: if the indicator has not fired "
+    "after this many epochs, prune then anyway (summary: prune_reason).")
 _EPI_THRESHOLD = flags.DEFINE_float(
     "epi_threshold", None, "EPI threshold tau (default: the paper's value "
     "for the criterion, 0.944 taylor / 0.983 magnitude).")
@@ -134,6 +138,7 @@ class TrainConfig:
   prune_epoch: int | None
   epi_window: int
   epi_threshold: float | None
+  epi_prune_by: int | None
   round_to: int
   keep_residual: bool
   gradual_steps: int
@@ -162,6 +167,10 @@ def config_from_flags():
     raise UsageError("--policy=fixed needs --prune_epoch >= 0.")
   if config.policy != "fixed" and config.prune_epoch is not None:
     raise UsageError("--prune_epoch is only used with --policy=fixed.")
+  if config.epi_prune_by is not None and (
+      config.policy not in ("epi", "early_bird") or config.epi_prune_by < 1):
+    raise UsageError("--epi_prune_by must be >= 1 and needs --policy=epi or "
+                     "--policy=early_bird.")
   if config.model not in models_lib.CIFAR_RESNETS and not hasattr(
       keras.applications, config.model):
     raise UsageError(
@@ -352,7 +361,8 @@ def main(argv):
         prune_ratio=config.prune_ratio, budget=config.budget,
         criterion=config.criterion, window=config.epi_window,
         threshold=config.epi_threshold, policy=config.policy,
-        prune_epoch=config.prune_epoch, round_to=config.round_to,
+        prune_epoch=config.prune_epoch, prune_by=config.epi_prune_by,
+        round_to=config.round_to,
         keep_residual=config.keep_residual,
         gradual_steps=config.gradual_steps)
     callbacks = [epi, WidthLogger(epi, log_dir)] + callbacks
@@ -388,6 +398,7 @@ def main(argv):
       "prune_ratio": config.prune_ratio, "budget": config.budget,
       "seed": config.seed,
       "prune_epoch": None if epi is None else epi.prune_epoch,
+      "prune_reason": None if epi is None else epi.prune_reason,
       "epochs": config.epochs,
       "macs_dense": dense_macs, "macs_final": keras_epi.count_macs(final),
       "params_dense": dense_params, "params_final": final.count_params(),

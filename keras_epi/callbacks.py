@@ -65,6 +65,12 @@ class EPICallback(keras.callbacks.Callback):
       L1 penalty `early_bird_penalty` on gamma while searching) or "fixed"
       (prune after `prune_epoch` dense epochs: the oracle grid; 0 prunes at
       initialisation).
+    prune_by: For ``policy="epi"`` or ``"early_bird"``: a deadline. If the
+      indicator has not fired after this many dense epochs, prune at the end
+      of that epoch anyway, with the dominant sub-network of that epoch
+      (`prune_reason` is then "deadline"). None (default): wait as long as
+      the schedule lasts, as in the paper. Not from the paper: a guard for
+      short schedules, where tau may never be reached.
     prune_epoch: For ``policy="fixed"``: the number of dense epochs before
       pruning. With 0 and the Taylor criterion, scores come from the first
       `init_steps` batches.
@@ -95,6 +101,8 @@ class EPICallback(keras.callbacks.Callback):
   Attributes:
     prune_epoch: Dense epochs trained before pruning (so the first pruned
       epoch's index), or None.
+    prune_reason: What triggered the pruning: the policy ("epi",
+      "early_bird", "fixed") or "deadline" (`prune_by`); None before.
     pruned_model: The physically smaller `keras.Model`, or None.
     keep: The pruning plan {group name: kept indices}, or None.
     importance: Latest scores {group name: np.ndarray of group.size}.
@@ -108,6 +116,7 @@ class EPICallback(keras.callbacks.Callback):
 
   def __init__(self, prune_ratio=0.3, budget="neurons", criterion="taylor",
                window=5, threshold=None, policy="epi", prune_epoch=None,
+               prune_by=None,
                ignore=(), min_channels=1, round_to=1, keep_stem=True,
                keep_residual=False,
                taylor_reduction="square", init_steps=20,
@@ -135,6 +144,14 @@ class EPICallback(keras.callbacks.Callback):
       raise ValueError(f"`prune_epoch` is only used with policy='fixed'; "
                        f"received prune_epoch={prune_epoch!r} with "
                        f"policy={policy!r}.")
+    if prune_by is not None and (
+        policy == "fixed" or isinstance(prune_by, bool) or
+        not isinstance(prune_by, int) or prune_by < 1):
+      raise ValueError(
+          f"`prune_by` must be None or an integer >= 1 with policy='epi' or "
+          f"'early_bird', received prune_by={prune_by!r} with "
+          f"policy={policy!r}.")
+    self.prune_by = prune_by
     if threshold is None:
       threshold = indicators.PAPER_THRESHOLDS[criterion]
     # Validates window and threshold.
@@ -184,6 +201,7 @@ class EPICallback(keras.callbacks.Callback):
 
   def _reset_run_state(self):
     self.prune_epoch = None
+    self.prune_reason = None
     self.pruned_model = None
     self.keep = None
     self.importance = {}
@@ -307,6 +325,11 @@ class EPICallback(keras.callbacks.Callback):
           else 1.0)
     elif self.policy == "fixed":
       fired = epoch + 1 >= self.fixed_epoch
+    reason = self.policy
+    if not fired and self.prune_by is not None and epoch + 1 >= self.prune_by:
+      fired, reason = True, "deadline"
+    if fired:
+      self.prune_reason = reason
     logs.update(self._last_logs)
     if fired and self.gradual_steps > 1:
       self._start_gradual(epoch + 1)
@@ -424,6 +447,7 @@ class EPICallback(keras.callbacks.Callback):
     model = self.model
     self.keep = keep
     self.prune_epoch = prune_epoch
+    self.prune_reason = self.prune_reason or self.policy
     macs_before = self._macs_dense
     if not self._stop_on_prune:  # keras_epi.fit trains the cut model instead
       self._start_masking()
@@ -467,6 +491,7 @@ class EPICallback(keras.callbacks.Callback):
     return {
         "version": 1,
         "prune_epoch": self.prune_epoch,
+        "prune_reason": self.prune_reason,
         "keep": None if self.keep is None else {
             k: np.asarray(v).tolist() for k, v in self.keep.items()},
         "epi": self._epi.get_state(),
@@ -485,6 +510,7 @@ class EPICallback(keras.callbacks.Callback):
     self._last_logs = dict(state["last_logs"])
     if state["prune_epoch"] is not None:
       self.prune_epoch = state["prune_epoch"]
+      self.prune_reason = state.get("prune_reason")
       self.keep = {k: np.asarray(v, dtype=np.int64)
                    for k, v in state["keep"].items()}
 

@@ -50,6 +50,7 @@ def test_fit_logs_epi_fires_and_masked_equals_pruned(tmp_path):
                       callbacks=[cb, keras.callbacks.CSVLogger(csv_path)])
 
   assert cb.prune_epoch is not None and 2 <= cb.prune_epoch < 8
+  assert cb.prune_reason == "epi"
   for key in ("epi", "kept_fraction", "macs_fraction"):
     assert len(history.history[key]) == 8
   with open(csv_path) as f:
@@ -133,6 +134,23 @@ def test_magnitude_budget_macs_is_met():
   model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
   ratio = keras_epi.count_macs(cb.pruned_model) / keras_epi.count_macs(model)
   assert 0.44 <= ratio <= 0.5  # one c1 channel is 6% of the MACs
+
+
+def test_prune_by_is_a_deadline_when_the_indicator_never_fires():
+  model = make_model()
+  x, y = make_data()
+  # With window 5, EPI is undefined for the first 5 epochs: it cannot fire.
+  cb = keras_epi.EPICallback(prune_ratio=0.5, window=5, prune_by=3)
+  model.fit(x, y, epochs=4, batch_size=32, verbose=0, callbacks=[cb])
+  assert cb.prune_epoch == 3 and cb.prune_reason == "deadline"
+  assert cb.epi_history[:3] == [None, None, None]
+  sizes = {g.name: g.size for g in keras_epi.channel_groups(model)}
+  kept = sum(len(v) for v in cb.keep.values())
+  assert kept == sum(s for n, s in sizes.items() if n != "stem") // 2
+  x_test = make_data(32, seed=1)[0]
+  error = oracle.relative_error(cb.pruned_model.predict(x_test, verbose=0),
+                                model.predict(x_test, verbose=0))
+  assert error <= 1e-4
 
 
 def test_keep_residual_leaves_the_residual_stream_whole():
@@ -224,6 +242,9 @@ def test_resume_with_backup_and_restore(tmp_path):
     (dict(threshold=2.0), r"`threshold` must be in \(0, 1\]"),
     (dict(policy="fixed"), "`prune_epoch` must be an integer >= 0"),
     (dict(prune_epoch=3), "`prune_epoch` is only used with policy='fixed'"),
+    (dict(prune_by=0), "`prune_by` must be None or an integer >= 1"),
+    (dict(policy="fixed", prune_epoch=2, prune_by=3),
+     "`prune_by` must be None or an integer >= 1 with policy='epi'"),
     (dict(round_to=0), "`round_to` must be an integer >= 1"),
     (dict(min_channels=0), "`min_channels` must be an integer >= 1"),
     (dict(taylor_reduction="max"), "`taylor_reduction` must be one of"),

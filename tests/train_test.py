@@ -80,6 +80,7 @@ def test_prune_event_is_logged(quick_run):
     (["--model=resnet21"], "--model=resnet21 is unknown"),
     (["--prune_ratio=1.5"], "--prune_ratio must be in (0, 1)"),
     (["--policy=fixed"], "--policy=fixed needs --prune_epoch"),
+    (["--policy=none", "--epi_prune_by=3"], "--epi_prune_by must be >= 1"),
     (["--strategy=multi_worker"], "needs TF_CONFIG"),
 ])
 def test_bad_flags_give_one_clear_message(args, message, tmp_path):

@@ -15,4 +15,5 @@ fi
 python3 -m pip install -q -e ".[examples]"
 python3 examples/train.py --dataset=fashion_mnist --model=resnet20 \
   --max_train_examples=6000 --epochs=10 --prune_ratio=0.5 --epi_window=3 \
+  --epi_prune_by=7 \
   --model_dir=runs/fmnist "$@"
