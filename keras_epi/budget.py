@@ -71,7 +71,7 @@ def select_channels(model, scores, ratio, *, budget="neurons", ignore=(),
       `ChannelGroup.residual`); the budget is then met inside the blocks.
       On CPUs, where time follows activations more than MACs, this gives
       the most speed per MAC removed in inverted-residual nets
-      (benchmarks/results/inference_speed_mobilenetv2_keep_residual.md).
+      (benchmarks/results/inference_speed_keep_residual.md).
 
   Returns:
     ``{group name: sorted np.ndarray of kept indices}`` for the scored groups,

@@ -202,6 +202,7 @@ class EPICallback(keras.callbacks.Callback):
   def _reset_run_state(self):
     self.prune_epoch = None
     self.prune_reason = None
+    self._fire_reason = None  # why a trigger fired, until `_prune` runs
     self.pruned_model = None
     self.keep = None
     self.importance = {}
@@ -329,7 +330,7 @@ class EPICallback(keras.callbacks.Callback):
     if not fired and self.prune_by is not None and epoch + 1 >= self.prune_by:
       fired, reason = True, "deadline"
     if fired:
-      self.prune_reason = reason
+      self._fire_reason = reason
     logs.update(self._last_logs)
     if fired and self.gradual_steps > 1:
       self._start_gradual(epoch + 1)
@@ -447,7 +448,7 @@ class EPICallback(keras.callbacks.Callback):
     model = self.model
     self.keep = keep
     self.prune_epoch = prune_epoch
-    self.prune_reason = self.prune_reason or self.policy
+    self.prune_reason = self._fire_reason or self.policy
     macs_before = self._macs_dense
     if not self._stop_on_prune:  # keras_epi.fit trains the cut model instead
       self._start_masking()

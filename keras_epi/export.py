@@ -33,11 +33,11 @@ def fold_batchnorm(model):
   Every BatchNormalization whose input is the output of a convolution (any
   kind: Conv1D/2D/3D with any `groups`, transposed, depthwise, separable;
   `channels_last`) or Dense layer with a linear activation, read by nothing
-  else, normalising the last (channel) axis, is folded into the layer (see the module
-  docstring for the formula): the layer gets a bias if it had none, and the
-  BatchNormalization becomes a `keras.layers.Identity` with the same name,
-  so layer names and the model's structure stay the same. Other layers,
-  nested models included, are copied with their weights.
+  else, normalising the last (channel) axis, is folded into the layer (see
+  the module docstring for the formula): the layer gets a bias if it had none,
+  and the BatchNormalization becomes a `keras.layers.Identity` with the same
+  name, so layer names and the model's structure stay the same. Other
+  layers, nested models included, are copied with their weights.
 
   The copy computes what `model(x, training=False)` computes, up to float
   rounding; it is for inference and export only (training it would not train
