@@ -14,7 +14,9 @@ def _version():
   return scope["__version__"]
 
 
-_EXAMPLES = ["matplotlib>=3.7", "tensorboard>=2.16"]
+# The example trainers write TensorBoard logs and plots, and read datasets
+# other than the offline Fashion-MNIST through tensorflow-datasets.
+_EXAMPLES = ["matplotlib>=3.7", "tensorboard>=2.16", "tensorflow-datasets>=4.9"]
 
 with open(os.path.join(_HERE, "README.md")) as f:
   _LONG_DESCRIPTION = f.read()
@@ -33,12 +35,11 @@ setuptools.setup(
         "keras>=3.5,<4",
         "absl-py>=1.0",
         "numpy>=1.24",
-        "tensorflow-datasets>=4.9",
     ],
     extras_require={
-        # The example trainers write TensorBoard logs and plots.
         "examples": _EXAMPLES,
-        "test": ["pytest>=7", "pytest-xdist>=3"] + _EXAMPLES,
+        # keras-hub: the zoo tests build its CNNs from constructor arguments.
+        "test": ["pytest>=7", "pytest-xdist>=3", "keras-hub>=0.20"] + _EXAMPLES,
         "bench": _EXAMPLES,
         # The peer compared against in benchmarks/tfmot_peer.py. It needs
         # Keras 2 (TF_USE_LEGACY_KERAS=1, its own process); keras_epi never

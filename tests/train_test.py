@@ -13,6 +13,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TRAIN = os.path.join(_ROOT, "examples", "train.py")
 _QUICK = ["--max_train_examples=512", "--batch_size=64", "--epochs=2",
           "--verbose=2", "--model=resnet20"]
+# Every run reads the synthetic Fashion-MNIST IDX files of the
+# `fashion_mnist_dir` fixture (tests/conftest.py) through --data_dir, so no
+# test needs Debian's dataset-fashion-mnist package or the network.
 
 
 def run_train(*args, env=None, timeout=900):
@@ -22,10 +25,11 @@ def run_train(*args, env=None, timeout=900):
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def quick_run(tmp_path_factory, fashion_mnist_dir):
   model_dir = str(tmp_path_factory.mktemp("run"))
   result = run_train(f"--model_dir={model_dir}", "--policy=fixed",
-                     "--prune_epoch=1", "--prune_ratio=0.5", *_QUICK)
+                     "--prune_epoch=1", "--prune_ratio=0.5", *_QUICK,
+                     f"--data_dir={fashion_mnist_dir}")
   assert result.returncode == 0, result.stderr[-4000:]
   return model_dir, result
 
@@ -51,12 +55,14 @@ def test_trainer_writes_every_output(quick_run):
   assert len(summary["history"]["loss"]) == 2
 
 
-def test_saved_model_serves_uint8_and_matches_the_keras_model(quick_run):
+def test_saved_model_serves_uint8_and_matches_the_keras_model(
+    quick_run, fashion_mnist_dir):
   model_dir, _ = quick_run
   sys.path.insert(0, os.path.join(_ROOT, "examples"))
   import data as data_lib  # pylint: disable=g-import-not-at-top
   import keras  # pylint: disable=g-import-not-at-top
-  dataset = data_lib.load("fashion_mnist", max_train_examples=512)
+  dataset = data_lib.load("fashion_mnist", data_dir=fashion_mnist_dir,
+                          max_train_examples=512)
   images = next(iter(dataset.test.batch(5)))[0].numpy()
   served = tf.saved_model.load(os.path.join(model_dir, "saved_model"))
   out = served.serve(tf.constant(images))
@@ -83,8 +89,10 @@ def test_prune_event_is_logged(quick_run):
     (["--policy=none", "--epi_prune_by=3"], "--epi_prune_by must be >= 1"),
     (["--strategy=multi_worker"], "needs TF_CONFIG"),
 ])
-def test_bad_flags_give_one_clear_message(args, message, tmp_path):
-  result = run_train(f"--model_dir={tmp_path}", *_QUICK, *args)
+def test_bad_flags_give_one_clear_message(args, message, tmp_path,
+                                          fashion_mnist_dir):
+  result = run_train(f"--model_dir={tmp_path}", *_QUICK,
+                     f"--data_dir={fashion_mnist_dir}", *args)
   assert result.returncode != 0
   assert "Traceback" not in result.stderr
   assert message in result.stderr
@@ -116,7 +124,7 @@ def _architecture(stderr):
   return json.loads(lines[-1].split("Pruned architecture:", 1)[1])
 
 
-def test_multi_worker_on_loopback_workers_agree(tmp_path):
+def test_multi_worker_on_loopback_workers_agree(tmp_path, fashion_mnist_dir):
   ports = _free_ports(2)
   cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   procs = []
@@ -126,7 +134,7 @@ def test_multi_worker_on_loopback_workers_agree(tmp_path):
     procs.append(subprocess.Popen(
         [sys.executable, _TRAIN, f"--model_dir={tmp_path}/run",
          "--strategy=multi_worker", "--policy=fixed", "--prune_epoch=1",
-         *_QUICK], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+         *_QUICK, f"--data_dir={fashion_mnist_dir}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, cwd=_ROOT, env=env))
   outputs = [p.communicate(timeout=900) for p in procs]
   for p, (_, err) in zip(procs, outputs):
@@ -139,10 +147,10 @@ def test_multi_worker_on_loopback_workers_agree(tmp_path):
   assert summary["widths_final"] == first
 
 
-def test_mirrored_on_two_logical_cpus(tmp_path):
+def test_mirrored_on_two_logical_cpus(tmp_path, fashion_mnist_dir):
   result = run_train(f"--model_dir={tmp_path}", "--strategy=mirrored",
                      "--logical_cpus=2", "--policy=fixed", "--prune_epoch=1",
-                     *_QUICK)
+                     *_QUICK, f"--data_dir={fashion_mnist_dir}")
   assert result.returncode == 0, result.stderr[-4000:]
   with open(tmp_path / "summary.json") as f:
     summary = json.load(f)
