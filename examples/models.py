@@ -101,7 +101,3 @@ def build_model(name, input_shape, num_classes, weight_decay=1e-4):
         "keras.applications model name such as ResNet50 or MobileNetV2.")
   return builder(weights=None, input_shape=input_shape, classes=num_classes,
                  classifier_activation=None)
-
-
-def known_models():
-  return sorted(CIFAR_RESNETS) + ["<any keras.applications CNN>"]

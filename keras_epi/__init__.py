@@ -11,6 +11,8 @@ Public API:
   EarlyPruningIndicator, EarlyBirdIndicator: the stability indicators.
   fold_batchnorm: an inference copy with BatchNormalization folded into
     the convolutions before it (for export and timing).
+  register_layer, unregister_layer, LayerRule: teach keras_epi a layer type
+    (the layer registry, keras_epi.layers).
 """
 
 from keras_epi.budget import count_macs
@@ -22,6 +24,9 @@ from keras_epi.graph import channel_groups
 from keras_epi.importance import magnitude_importance
 from keras_epi.indicators import EarlyBirdIndicator
 from keras_epi.indicators import EarlyPruningIndicator
+from keras_epi.layers import LayerRule
+from keras_epi.layers import register_layer
+from keras_epi.layers import unregister_layer
 from keras_epi.surgeon import prune_model
 from keras_epi.training import fit
 from keras_epi.version import __version__
@@ -31,12 +36,15 @@ __all__ = [
     "EPICallback",
     "EarlyBirdIndicator",
     "EarlyPruningIndicator",
+    "LayerRule",
     "channel_groups",
     "count_macs",
     "fit",
     "fold_batchnorm",
     "magnitude_importance",
     "prune_model",
+    "register_layer",
     "select_channels",
+    "unregister_layer",
     "__version__",
 ]

@@ -2,7 +2,8 @@
 
 `count_macs` counts the multiply-accumulates of the layers that dominate a
 CNN's cost: convolutions (plain, grouped, transposed, depthwise, separable)
-and Dense layers, for one example. Normalisation, activations, pooling and
+and Dense layers, for one example (each layer's formula is its `macs` in the
+layer registry, `keras_epi.layers`). Normalisation, activations, pooling and
 element-wise merges are not counted (they are a few percent of a CNN's MACs and
 are not multiply-accumulates); this is the convention of most pruning papers.
 
@@ -10,11 +11,10 @@ are not multiply-accumulates); this is the convention of most pruning papers.
 pruning now would keep, ranked globally across groups.
 """
 
-import math
-
 import numpy as np
 
 from keras_epi import graph
+from keras_epi import plan as plan_lib
 
 BUDGETS = ("neurons", "macs")
 
@@ -24,8 +24,9 @@ def count_macs(model):
 
   Args:
     model: A built functional or Sequential `keras.Model` with known spatial
-      input shape. Nested models are counted; a layer called twice counts
-      twice.
+      input shape. Nested models are counted with the shapes of their outer
+      call, composite custom layers through their sublayers; a layer called
+      twice counts twice. channels_first layers are counted too.
 
   Returns:
     The MAC count, an `int`.
@@ -37,8 +38,8 @@ def count_macs(model):
   >>> keras_epi.count_macs(keras.applications.ResNet50(weights=None))
   3857973248
   """
-  return sum(_layer_macs(path, op, node)
-             for path, op, node in graph.walk_calls(model))
+  analysis = graph.analyze(model, strict=False)
+  return sum(plan_lib.call_macs(call) for call in analysis.all_calls)
 
 
 def select_channels(model, scores, ratio, *, budget="neurons", ignore=(),
@@ -171,45 +172,4 @@ def _round(kept, round_to, size, min_channels):
 
 def planned_macs(analysis, keep):
   """MACs of the model pruned by `keep`, without building it."""
-  removed = analysis.removed_labels(keep)
-  total = 0
-  for path, op, node, ins, outs in analysis.all_calls:
-    c_in = int(analysis.keep_mask(ins[0], removed).sum()) if ins else None
-    c_out = int(analysis.keep_mask(outs[0], removed).sum())
-    total += _layer_macs(path, op, node, c_in, c_out)
-  return total
-
-
-def _layer_macs(path, op, node, c_in=None, c_out=None):
-  """MACs of one call of one layer; 0 for layers that are not counted.
-
-  `c_in` and `c_out` override the channel counts of the call's tensors.
-  """
-  if not isinstance(op, (*graph._CONV, *graph._CONV_TRANSPOSE,  # pylint: disable=protected-access
-                         *graph._DEPTHWISE, *graph._SEPARABLE,  # pylint: disable=protected-access
-                         graph._L.Dense)):  # pylint: disable=protected-access
-    return 0
-  in_shape = node.input_tensors[0].shape[1:]
-  out_shape = node.outputs[0].shape[1:]
-  if any(d is None for d in (*in_shape, *out_shape)):
-    raise ValueError(
-        f"count_macs: layer '{path}' ({type(op).__name__}) has an unknown "
-        f"shape (input {in_shape}, output {out_shape}). Build the model with "
-        "a fixed input shape, e.g. keras.Input((224, 224, 3)).")
-  groups = getattr(op, "groups", 1)
-  if c_in is not None and groups > 1 and groups == in_shape[-1]:
-    groups = c_in  # depthwise-like grouped conv shrinks its groups
-  c_in = in_shape[-1] if c_in is None else c_in
-  c_out = out_shape[-1] if c_out is None else c_out
-  if isinstance(op, graph._L.Dense):  # pylint: disable=protected-access
-    return math.prod(out_shape[:-1]) * c_in * c_out
-  kernel = math.prod(op.kernel_size)
-  if isinstance(op, graph._CONV_TRANSPOSE):  # pylint: disable=protected-access
-    return math.prod(in_shape[:-1]) * c_in * c_out * kernel
-  positions = math.prod(out_shape[:-1])
-  if isinstance(op, graph._CONV):  # pylint: disable=protected-access
-    return positions * kernel * (c_in // groups) * c_out
-  if isinstance(op, graph._DEPTHWISE):  # pylint: disable=protected-access
-    return positions * kernel * c_out
-  mid = c_in * op.depth_multiplier  # separable: depthwise then pointwise
-  return positions * (kernel * mid + mid * c_out)
+  return plan_lib.ResolvedPlan(analysis, keep).macs()

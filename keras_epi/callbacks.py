@@ -30,10 +30,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_epi import _keras_internals as internals
 from keras_epi import budget as budget_lib
 from keras_epi import graph
 from keras_epi import importance as importance_lib
 from keras_epi import indicators
+from keras_epi import plan as plan_lib
 from keras_epi import surgeon
 
 CRITERIA = ("taylor", "magnitude")
@@ -383,7 +385,7 @@ class EPICallback(keras.callbacks.Callback):
 
     def apply(grads, trainable_variables=None):
       variables = (trainable_variables if trainable_variables is not None
-                   else inner._trainable_variables)  # pylint: disable=protected-access
+                   else internals.optimizer_variables_to_train(inner))
       grads = list(grads)
       if not callback.pruned:
         if callback._scorer is not None:  # pylint: disable=protected-access
@@ -549,16 +551,18 @@ def channel_masks(model, analysis, keep):
   a removed channel at its output, and the optimizer slots of those weights.
   Masks have broadcastable shapes (one entry per output channel).
   """
-  removed = analysis.removed_labels(keep)
+  plan = plan_lib.ResolvedPlan(analysis, keep)
   masks = []
-  for layer, _, outs in analysis.calls.values():
-    alive = analysis.keep_mask(outs[0], removed)
+  for call in analysis.calls.values():
+    if not isinstance(call.op, keras.layers.Layer) or not call.outs:
+      continue
+    alive = plan.masks(call)["out"]
     if alive.all():
       continue
-    for weight in layer.weights:
+    for weight in call.op.weights:
       if weight.name == "moving_variance":
         continue
-      axis = surgeon.output_axis(layer, weight.name)
+      axis = call.rule.output_axis(weight.name)
       if axis is None:
         continue
       shape = list(weight.shape)

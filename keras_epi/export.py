@@ -19,12 +19,11 @@ as (benchmarks/inference_speed.py `--fold_batchnorm`).
 import keras
 import numpy as np
 
+from keras_epi import _keras_internals as internals
 from keras_epi import graph
 from keras_epi import surgeon
 
 _L = keras.layers
-_PRODUCERS = (*graph._CONV, *graph._CONV_TRANSPOSE, *graph._DEPTHWISE,  # pylint: disable=protected-access
-              *graph._SEPARABLE, _L.Dense)  # pylint: disable=protected-access
 
 
 def fold_batchnorm(model):
@@ -134,14 +133,15 @@ def _fold_pairs(model):
   for node in nodes:
     bn = node.operation
     if not isinstance(bn, _L.BatchNormalization) or \
-        len(node.input_tensors) != 1 or len(bn._inbound_nodes) != 1:  # pylint: disable=protected-access
+        len(node.input_tensors) != 1 or len(internals.inbound_nodes(bn)) != 1:
       continue
-    if node.arguments.kwargs.get("training") is True:
+    if internals.node_arguments(node)[1].get("training") is True:
       continue
     tensor = node.input_tensors[0]
-    producer = tensor._keras_history.operation  # pylint: disable=protected-access
-    if (not isinstance(producer, _PRODUCERS) or id(producer) in folds or
-        len(producer._inbound_nodes) != 1 or readers[id(tensor)] != 1 or  # pylint: disable=protected-access
+    producer = internals.history(tensor).operation
+    if (not surgeon.rule_of(producer).linear or id(producer) in folds or
+        len(internals.inbound_nodes(producer)) != 1 or
+        readers[id(tensor)] != 1 or
         producer.activation is not keras.activations.linear):
       continue
     ndim = len(tensor.shape)

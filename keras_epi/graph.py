@@ -3,60 +3,50 @@
 Removing output channel ``i`` of a convolution also removes input channel ``i``
 of everything that reads it, the matching slice of a BatchNormalization, the
 matching channel of every tensor it is added to, and so on. This module finds
-those couplings by propagating *channel labels* through the model graph:
+those couplings by propagating *channel labels* through the model graph, each
+layer as its rule in the layer registry (`keras_epi.layers`) says:
 
 * every output channel of a producer layer (Conv, Dense, ...) gets a fresh
   integer label;
-* per-channel layers (BatchNormalization, activations, pooling, ...) pass the
-  labels of their input through unchanged;
-* element-wise merges (Add, Multiply, ...) unite the labels of their inputs
-  channel by channel (a union-find);
+* elementwise layers (BatchNormalization, activations, pooling, ...) pass the
+  labels of their input through unchanged; several inputs (Add, Multiply,
+  ...) are united channel by channel (a union-find);
 * Concatenate lays the labels of its inputs side by side, Flatten tiles them;
 * channels that must not change (model inputs and outputs, layers that mix
   channels such as LayerNormalization over the channel axis, layers named in
   ``ignore``) are united with a special FIXED label.
 
-A :class:`ChannelGroup` is then the set of channels that share producers: its
-channel ``i`` is one label class, and every member layer carries that class at
-``positions[i]`` of its output channels. This is the only module that reads
-Keras' graph internals (``_keras_history``, ``_inbound_nodes``, ``arguments``).
-Only ``channels_last`` models are supported.
+Layers that no rule covers are handled where keras_epi can be sure:
+
+* a layer without sublayers is probed numerically: if every output channel
+  depends on the same channel of its inputs only (a LayerScale, a custom
+  per-channel affine map), it is elementwise, its weights are cut along the
+  channel axis, and the surgeon checks the rebuilt layer on random data;
+* a composite layer (a subclassed layer whose `call` runs other layers and
+  keras.ops) is looked inside: its `call` is traced on symbolic inputs and the
+  resulting graph is walked like a nested model, so its sublayers are pruned
+  and the pruned model holds that graph in its place.
+
+Shapes are those of the outermost call: a nested model built on
+``(None, None, 3)`` and called on a fixed-size input is walked with the fixed
+sizes. A :class:`ChannelGroup` is then the set of channels that share
+producers: its channel ``i`` is one label class, and every member layer
+carries that class at ``positions[i]`` of its output channels. Only
+``channels_last`` models can be pruned.
 """
 
 import dataclasses
-import functools
-import math
+import weakref
 
 from absl import logging
 import keras
 import numpy as np
 
+from keras_epi import _keras_internals as internals
+from keras_epi import layers as layers_lib
+
 _FIXED = 0
 _L = keras.layers
-
-_CONV = (_L.Conv1D, _L.Conv2D, _L.Conv3D)
-_CONV_TRANSPOSE = (_L.Conv1DTranspose, _L.Conv2DTranspose, _L.Conv3DTranspose)
-_DEPTHWISE = (_L.DepthwiseConv1D, _L.DepthwiseConv2D)
-_SEPARABLE = (_L.SeparableConv1D, _L.SeparableConv2D)
-_MERGE = (_L.Add, _L.Subtract, _L.Multiply, _L.Average, _L.Maximum, _L.Minimum)
-_RESIDUAL_MERGE = tuple(m for m in _MERGE if m is not _L.Multiply)
-# Layers that act on each channel independently and have no per-channel state
-# other than the ones handled by the surgeon (PReLU's alpha).
-_PER_CHANNEL = (
-    _L.Activation, _L.ReLU, _L.LeakyReLU, _L.ELU, _L.PReLU, _L.Dropout,
-    _L.SpatialDropout1D, _L.SpatialDropout2D, _L.SpatialDropout3D,
-    _L.GaussianNoise, _L.GaussianDropout, _L.AlphaDropout,
-    _L.ActivityRegularization, _L.Identity, _L.Masking,
-    _L.MaxPooling1D, _L.MaxPooling2D, _L.MaxPooling3D,
-    _L.AveragePooling1D, _L.AveragePooling2D, _L.AveragePooling3D,
-    _L.GlobalAveragePooling1D, _L.GlobalAveragePooling2D,
-    _L.GlobalAveragePooling3D, _L.GlobalMaxPooling1D, _L.GlobalMaxPooling2D,
-    _L.GlobalMaxPooling3D, _L.ZeroPadding1D, _L.ZeroPadding2D,
-    _L.ZeroPadding3D, _L.Cropping1D, _L.Cropping2D, _L.Cropping3D,
-    _L.UpSampling1D, _L.UpSampling2D, _L.UpSampling3D, _L.RepeatVector,
-)
-# Activations that normalise across the channel axis.
-_MIXING_ACTIVATIONS = ("softmax", "log_softmax")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -122,35 +112,36 @@ def channel_groups(model, *, ignore=()):
   return analyze(model, ignore).groups
 
 
-def analyze(model, ignore=()):
-  """Runs the label propagation; returns a `_Analysis` (internal)."""
-  return _Analysis(model, ignore)
+def analyze(model, ignore=(), strict=True):
+  """Runs the label propagation; returns an `Analysis` (internal).
 
-
-def walk_calls(model, prefix=""):
-  """Yields ``(path, operation, node)`` for every call in the model, nested
-  models expanded (their own call is not yielded). Internal."""
-  for node in topological_nodes(model):
-    op = node.operation
-    if isinstance(op, _L.InputLayer):
-      continue
-    if isinstance(op, keras.Model):
-      yield from walk_calls(op, prefix + op.name + "/")
-    else:
-      yield prefix + op.name, op, node
+  With ``strict=False`` layers keras_epi cannot prune through are kept
+  whole instead of raising (used by `count_macs`).
+  """
+  return Analysis(model, ignore, strict)
 
 
 def layer_at(model, path):
-  """The layer at a member path such as ``"nested_model/conv"``."""
+  """The layer at a member path such as ``"nested_model/conv"``.
+
+  Inside a composite layer, a layer its `call` makes anew on every call is
+  not tracked: for it (it has no weights) the result is None."""
   layer = model
   for name in path.split("/"):
-    layer = layer.get_layer(name)
+    if isinstance(layer, keras.Model):
+      layer = layer.get_layer(name)
+    else:  # inside a composite layer
+      layer = next((l for l in internals.sublayers(layer) if l.name == name),
+                   None)
+      if layer is None:
+        return None
   return layer
 
 
 def topological_nodes(model):
   """Nodes of a functional model, each after the nodes it reads from."""
   _check_model(model)
+  saved = _EXPANSION_NODES.get(model)
   order, seen = [], set()
   stack = [(t, False) for t in reversed(model.outputs)]
   while stack:
@@ -158,8 +149,8 @@ def topological_nodes(model):
     if expanded:
       order.append(tensor_or_node)
       continue
-    op, node_index, _ = tensor_or_node._keras_history
-    node = op._inbound_nodes[node_index]
+    node = saved[id(tensor_or_node)] if saved is not None else \
+        internals.producing_node(tensor_or_node)
     if id(node) in seen:
       continue
     seen.add(id(node))
@@ -184,13 +175,13 @@ def replay(model, inputs, operation_for):
   for node in topological_nodes(model):
     if isinstance(node.operation, _L.InputLayer):
       continue
-    args, kwargs = node.arguments.fill_in(tensors)
+    args, kwargs = internals.fill_in(node, tensors)
     outputs = keras.tree.flatten(operation_for(node.operation)(*args,
                                                                **kwargs))
     for old, new in zip(node.outputs, outputs):
       tensors[id(old)] = new
   return keras.tree.map_structure(lambda t: tensors[id(t)],
-                                  model._outputs_struct)  # pylint: disable=protected-access
+                                  internals.outputs_struct(model))
 
 
 def rebuild(model, inputs, operation_for, call_for=None):
@@ -215,7 +206,8 @@ def rebuild(model, inputs, operation_for, call_for=None):
   else:
     outputs = replay(model, inputs, call_for or operation_for)
     new = keras.Model(
-        inputs=keras.tree.pack_sequence_as(model._inputs_struct, inputs),  # pylint: disable=protected-access
+        inputs=keras.tree.pack_sequence_as(internals.inputs_struct(model),
+                                           inputs),
         outputs=outputs, name=model.name)
   new.trainable = model.trainable
   return new
@@ -227,7 +219,7 @@ def new_input(tensor, shape=None):
   return keras.Input(
       shape=tuple(tensor.shape[1:]) if shape is None else tuple(shape),
       dtype=tensor.dtype, sparse=tensor.sparse,
-      name=tensor._keras_history.operation.name)  # pylint: disable=protected-access
+      name=internals.history(tensor).operation.name)
 
 
 def _check_model(model):
@@ -248,36 +240,41 @@ def _check_model(model):
         "an input shape, e.g. start a Sequential model with `keras.Input`.")
 
 
-@functools.cache
-def _elementwise_op_classes():
-  """Classes of keras.ops element-wise operations, found through public API.
+@dataclasses.dataclass
+class Call:
+  """One call of one operation, as the analysis saw it (internal).
 
-  Functional models store ``x + 1`` or ``keras.ops.relu(x)`` as bare
-  operations; we recognise them with isinstance on classes obtained by tracing
-  the public functions once.
+  Attributes:
+    path: ``"nested/layer"``.
+    op: The layer or keras.ops operation.
+    node: Its graph node.
+    rule: The `keras_epi.layers.LayerRule` that applied.
+    ins, outs: Channel labels of the input and output tensors.
+    in_shapes, out_shapes: Per-example shapes (of the outermost call).
   """
-  x = keras.KerasTensor((None, 4))
-  unary = ["relu", "relu6", "sigmoid", "hard_sigmoid", "silu", "hard_silu",
-           "gelu", "tanh", "abs", "square", "sqrt", "exp", "negative", "elu",
-           "selu", "leaky_relu", "softplus", "softsign", "log_sigmoid", "sign",
-           "mish", "erf"]
-  binary = ["add", "subtract", "multiply", "divide", "true_divide", "maximum",
-            "minimum", "power"]
-  classes = set()
-  for name in unary + binary:
-    fn = getattr(keras.ops, name, None)
-    if fn is not None:  # some exist only in newer Keras versions
-      args = (x,) if name in unary else (x, x)
-      classes.add(type(fn(*args)._keras_history.operation))
-  # A dtype cast keeps channels too.
-  classes.add(type(keras.ops.cast(x, "float16")._keras_history.operation))
-  return tuple(classes)
+  path: str
+  op: object
+  node: object
+  rule: object
+  ins: list
+  outs: list
+  in_shapes: list
+  out_shapes: list
 
 
-class _Analysis:
-  """Label propagation over one model. Internal; see `channel_groups`."""
+class Analysis:
+  """Label propagation over one model. Internal; see `channel_groups`.
 
-  def __init__(self, model, ignore):
+  Attributes:
+    groups: The `ChannelGroup` list.
+    calls: ``{path: Call}`` (the first call of every layer).
+    all_calls: Every `Call`, in topological order.
+    layers: ``{path: layer}`` for every layer walked.
+    expansions: ``{path: functional model}`` for composite layers looked
+      inside.
+  """
+
+  def __init__(self, model, ignore, strict=True):
     _check_model(model)
     if isinstance(ignore, str):
       raise ValueError(
@@ -289,17 +286,21 @@ class _Analysis:
     self._size = 1  # label 0 is FIXED
     self._fresh = {}  # producer path -> labels
     self.sources = {}  # producer path -> labels (walk order)
-    self.calls = {}  # layer path -> (op, input labels, output labels), 1st call
-    self.all_calls = []  # (path, op, node, input labels, output labels)
+    self.calls = {}
+    self.all_calls = []
+    self.layers = {}
+    self.expansions = {}
     self.model_inputs = {}  # id(nested model) -> input labels, first call
+    self.model_input_shapes = {}  # id(nested model) -> input shapes
     self._tied = {}  # layer path -> input labels of the first call
     self.unsupported = {}  # layer path -> reason
     self._seen_paths = set()
 
-    inputs = [self._fixed(_channels(t, model)) for t in model.inputs]
+    inputs = [(self.fixed(_channels(t)), tuple(t.shape[1:]))
+              for t in model.inputs]
     outputs = self._walk(model, inputs, "")
-    for labels in outputs:
-      self._fix(labels)
+    for labels, _ in outputs:
+      self.fix(labels)
     unknown = sorted(n for n in self.ignore
                      if n not in self._seen_paths and
                      n not in {p.rsplit("/", 1)[-1] for p in self._seen_paths})
@@ -307,14 +308,19 @@ class _Analysis:
       raise ValueError(
           f"`ignore` names layers that model '{model.name}' does not have: "
           f"{unknown}. Layer names are {sorted(self._seen_paths)[:20]}...")
-    if self.unsupported:
+    if self.unsupported and strict:
       lines = "\n".join(f"  {p}: {r}" for p, r in self.unsupported.items())
       raise ValueError(
           f"keras_epi cannot tell how these layers of model '{model.name}' "
-          f"use their channels:\n{lines}\nPass their names in `ignore=` to "
-          f"keep their input and output channels unpruned, e.g. "
+          f"use their channels:\n{lines}\nTeach it with "
+          "keras_epi.register_layer(LayerClass, channels=..., weights=...) "
+          "(see its docstring), or pass their names in `ignore=` to keep "
+          f"their input and output channels unpruned, e.g. "
           f"ignore={sorted(self.unsupported)!r}.")
     self.groups, self.classes = self._make_groups()
+
+  def rule(self, path):
+    return self.calls[path].rule
 
   # -- union-find (vectorised over channels) -------------------------------
 
@@ -350,57 +356,126 @@ class _Analysis:
       self._parent[hi] = lo
       self._parent[:self._size] = self.find(np.arange(self._size))
 
-  def _fix(self, labels):
-    self._union(labels, np.zeros(len(labels), dtype=np.int64))
+  def fix(self, labels):
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size:
+      self._union(labels, np.zeros(len(labels), dtype=np.int64))
 
-  def _fixed(self, n):
+  def fixed(self, n):
     labels = self._new(n)
-    self._fix(labels)
+    self.fix(labels)
     return labels
 
-  def fixed_mask(self, labels):
-    return self.find(labels) == _FIXED
+  def produce(self, path, n):
+    if path not in self._fresh:
+      self._fresh[path] = self.sources[path] = self._new(n)
+    return self._fresh[path]
+
+  def merge(self, ins, n, path):
+    full = [labels for labels in ins if len(labels) == n]
+    if n is None or not full or any(len(l) not in (1, n) for l in ins):
+      raise layers_lib.Unsupported(
+          f"inputs with channel counts {[len(l) for l in ins]} do not "
+          f"broadcast to {n} in a way keras_epi understands ({path})")
+    for labels in full[1:]:
+      self._union(full[0], labels)
+    return full[0]
 
   # -- walking --------------------------------------------------------------
 
-  def _walk(self, model, input_labels, prefix):
-    tensors = {id(t): l for t, l in zip(model.inputs, input_labels)}
+  def _walk(self, model, inputs, prefix):
+    """Walks a functional graph; `inputs` are (labels, shape) per input.
+    Returns (labels, shape) per output."""
+    tensors = {id(t): v for t, v in zip(model.inputs, inputs)}
     for node in topological_nodes(model):
       op = node.operation
       if isinstance(op, _L.InputLayer):
         continue
       ins = [tensors[id(t)] for t in node.input_tensors]
       outs = self._visit(op, node, ins, prefix)
-      for t, labels in zip(node.outputs, outs):
-        tensors[id(t)] = labels
+      for t, value in zip(node.outputs, outs):
+        tensors[id(t)] = value
     return [tensors[id(t)] for t in model.outputs]
 
   def _visit(self, op, node, ins, prefix):
     path = prefix + op.name
     self._seen_paths.add(path)
+    in_labels = [l for l, _ in ins]
+    in_shapes = [s for _, s in ins]
+    if isinstance(op, keras.Model):
+      self.layers[path] = op
+      self._tie(path, in_labels)
+      self.model_inputs.setdefault(id(op), in_labels)
+      self.model_input_shapes.setdefault(id(op), in_shapes)
+      return self._walk(op, ins, path + "/")
+    out_shapes = self._output_shapes(node, ins)
+    rule = layers_lib.rule_for(type(op))
     if path in self.ignore or op.name in self.ignore:
-      for labels in ins:
-        self._fix(labels)
-      outs = [self._fixed(_channels(t, op)) for t in node.outputs]
-    elif isinstance(op, keras.Model):
-      self._tie(path, ins)
-      self.model_inputs.setdefault(id(op), ins)
-      outs = self._walk(op, ins, path + "/")
-    else:
+      rule = _IGNORED
+    elif rule is None and isinstance(op, _L.Layer) and \
+        internals.sublayers(op):
+      expansion = self._expansion(op, node, in_shapes, path)
+      if expansion is not None:
+        self.layers[path] = op
+        self.expansions[path] = expansion
+        self._tie(path, in_labels)
+        self.model_inputs.setdefault(id(expansion), in_labels)
+        return self._walk(expansion, ins, path + "/")
+      rule = _IGNORED
+    if rule is None:
+      rule = _auto_rule(op, node, in_shapes, out_shapes, self.unsupported,
+                        path)
+    if isinstance(op, _L.Layer):
+      self.layers[path] = op
+    call = layers_lib.ChannelCall(self, path, in_labels, in_shapes,
+                                  out_shapes, *internals.node_arguments(node))
+    try:
+      if rule.data_format and getattr(op, "data_format",
+                                      "channels_last") != "channels_last":
+        raise layers_lib.Unsupported(
+            "data_format='channels_first' cannot be pruned (count_macs "
+            "counts it; channels_last models prune)")
       if _has_channel_state(op):
-        self._tie(path, ins)
-      try:
-        outs = self._rule(op, node, ins, path)
-      except _Unsupported as e:
-        self.unsupported[path] = f"{type(op).__name__}: {e}"
-        outs = [self._fixed(_channels(t, op)) for t in node.outputs]
-    if len(outs) != len(node.outputs):
-      raise AssertionError(f"{path}: {len(outs)} labels for "
+        self._tie(path, in_labels)
+      out_labels = layers_lib.flow_of(rule)(op, call)
+    except layers_lib.Unsupported as e:
+      self.unsupported[path] = f"{type(op).__name__}: {e}"
+      rule = layers_lib.LayerRule(layers_lib.FIXED, macs=rule.macs)
+      out_labels = layers_lib.flow_of(rule)(op, call)
+    out_labels = [np.asarray(l, dtype=np.int64) for l in out_labels]
+    if len(out_labels) != len(node.outputs):
+      raise AssertionError(f"{path}: {len(out_labels)} labels for "
                            f"{len(node.outputs)} outputs")
-    if isinstance(op, _L.Layer) and not isinstance(op, keras.Model):
-      self.calls.setdefault(path, (op, ins, outs))
-      self.all_calls.append((path, op, node, ins, outs))
-    return outs
+    record = Call(path, op, node, rule, in_labels, out_labels, in_shapes,
+                  out_shapes)
+    self.calls.setdefault(path, record)
+    self.all_calls.append(record)
+    return list(zip(out_labels, out_shapes))
+
+  def _output_shapes(self, node, ins):
+    """Per-example output shapes for these input shapes (the outer call's)."""
+    recorded = [tuple(t.shape[1:]) for t in node.outputs]
+    if all(tuple(t.shape[1:]) == shape
+           for t, (_, shape) in zip(node.input_tensors, ins)):
+      return recorded
+    specs = {id(t): keras.KerasTensor((None, *shape), dtype=t.dtype)
+             for t, (_, shape) in zip(node.input_tensors, ins)}
+    args, kwargs = internals.fill_in(node, specs)
+    try:
+      out = node.operation.compute_output_spec(*args, **kwargs)
+    except Exception:  # pylint: disable=broad-except
+      return recorded  # keep the graph's own (possibly open) shapes
+    return [tuple(t.shape[1:]) for t in keras.tree.flatten(out)]
+
+  def _expansion(self, op, node, in_shapes, path):
+    """A functional model of a composite layer's `call`, or None."""
+    try:
+      return expand(op, node, in_shapes)
+    except Exception as e:  # pylint: disable=broad-except
+      self.unsupported[path] = (
+          f"{type(op).__name__}: a composite layer whose `call` could not be "
+          f"traced on symbolic inputs ({type(e).__name__}: {e})")
+      return None
 
   def _tie(self, path, ins):
     """A layer called more than once has one set of weights: unite inputs."""
@@ -408,110 +483,9 @@ class _Analysis:
     if first is not ins:
       for a, b in zip(first, ins):
         if len(a) != len(b):
-          raise _Unsupported("called on inputs with different channel counts")
+          raise layers_lib.Unsupported(
+              "called on inputs with different channel counts")
         self._union(a, b)
-
-  def _producer(self, path, n):
-    if path not in self._fresh:
-      self._fresh[path] = self.sources[path] = self._new(n)
-    return self._fresh[path]
-
-  def _rule(self, op, node, ins, path):  # pylint: disable=too-many-return-statements,too-many-branches
-    out_shape = node.outputs[0].shape
-    if isinstance(op, (*_CONV, *_CONV_TRANSPOSE, *_DEPTHWISE, *_SEPARABLE,
-                       *_PER_CHANNEL, _L.Flatten, _L.BatchNormalization)):
-      _check_channels_last(op)
-    x = ins[0] if ins else None
-
-    if isinstance(op, _CONV):
-      groups = getattr(op, "groups", 1)
-      if groups == 1:
-        out = self._producer(path, op.filters)
-      elif groups == len(x):  # depthwise-like: out channel j reads input j//m
-        out = np.repeat(x, op.filters // groups)
-      else:  # general grouped conv: each group must keep equal widths
-        self._fix(x)
-        out = self._producer(path, op.filters)
-        self._fix(out)
-      return [self._mixing_activation(op, out)]
-    if isinstance(op, (*_CONV_TRANSPOSE, *_SEPARABLE, _L.Dense)):
-      out = self._producer(path, _last(out_shape))
-      return [self._mixing_activation(op, out)]
-    if isinstance(op, _DEPTHWISE):
-      return [self._mixing_activation(op, np.repeat(x, op.depth_multiplier))]
-    if isinstance(op, _L.BatchNormalization):
-      if _normalised_axes(op.axis, len(out_shape)) != [len(out_shape) - 1]:
-        self._fix(x)
-      return [x]
-    if isinstance(op, (_L.LayerNormalization, _L.UnitNormalization)):
-      if len(out_shape) - 1 in _normalised_axes(op.axis, len(out_shape)):
-        self._fix(x)  # statistics over the channels: removal changes them
-      return [x]
-    if isinstance(op, (_L.GroupNormalization, _L.Normalization)):
-      self._fix(x)
-      return [x]
-    if isinstance(op, _L.Softmax):
-      if len(out_shape) - 1 in _normalised_axes(op.axis, len(out_shape)):
-        self._fix(x)
-      return [x]
-    if isinstance(op, _L.Rescaling):
-      if np.ndim(op.scale) or np.ndim(op.offset):
-        self._fix(x)
-      return [x]
-    if isinstance(op, _L.Activation):
-      return [self._mixing_activation(op, x)]
-    if isinstance(op, _PER_CHANNEL):
-      return [x]
-    if isinstance(op, _L.Flatten):
-      return [np.tile(x, _spatial_size(node.input_tensors[0].shape))]
-    if isinstance(op, _L.Reshape):
-      in_shape = node.input_tensors[0].shape
-      if _last(out_shape) == _last(in_shape):  # row-major: channel preserved
-        return [x]
-      if _last(out_shape) == math.prod(in_shape[1:]) and \
-          math.prod(out_shape[1:-1]) == 1:  # flattening
-        return [np.tile(x, _spatial_size(in_shape))]
-      self._fix(x)
-      return [self._fixed(_last(out_shape))]
-    if isinstance(op, _L.Permute):
-      if tuple(op.dims)[-1] == len(op.dims):
-        return [x]
-      self._fix(x)
-      return [self._fixed(_last(out_shape))]
-    if isinstance(op, _L.Concatenate):
-      axis = op.axis % len(out_shape)
-      if axis == len(out_shape) - 1:
-        return [np.concatenate(ins)]
-      return [self._merge(ins, out_shape, path)]
-    if isinstance(op, _MERGE):
-      return [self._merge(ins, out_shape, path)]
-    if isinstance(op, _elementwise_op_classes()):
-      constants = [a for a in keras.tree.flatten(node.arguments.args)
-                   if not isinstance(a, keras.KerasTensor)]
-      if any(np.ndim(c) and np.size(c) > 1 for c in constants):
-        for labels in ins:
-          self._fix(labels)
-      return [self._merge(ins, out_shape, path)]
-    raise _Unsupported(
-        "unknown layer type (channel mixing or per-channel state unknown)")
-
-  def _merge(self, ins, out_shape, path):
-    n = _last(out_shape)
-    full = [labels for labels in ins if len(labels) == n]
-    if not full or any(len(l) not in (1, n) for l in ins):
-      raise _Unsupported(
-          f"inputs with channel counts {[len(l) for l in ins]} do not "
-          f"broadcast to {n} in a way keras_epi understands ({path})")
-    for labels in full[1:]:
-      self._union(full[0], labels)
-    return full[0]
-
-  def _mixing_activation(self, op, labels):
-    activation = getattr(op, "activation", None)
-    name = getattr(activation, "__name__", activation)
-    if name in _MIXING_ACTIVATIONS:
-      self._fix(labels)
-    return labels
 
   # -- groups ---------------------------------------------------------------
 
@@ -537,12 +511,18 @@ class _Analysis:
 
     by_group = {name: np.asarray(c, dtype=np.int64)
                 for name, c in by_group.items()}
+    # Groups whose channels pass through a sum-like merge (layer or op).
+    residual_groups = set()
+    for call in self.all_calls:
+      if isinstance(call.op, layers_lib.residual_merges()) and call.outs:
+        for r in self.find(call.outs[0]):
+          if r in component:
+            residual_groups.add(component[r])
     groups, classes = [], {}
     for name, members in self._all_members(by_group).items():
       if members is None:
         continue
-      residual = any(isinstance(self.calls[path][0], _RESIDUAL_MERGE)
-                     for path, _ in members)
+      residual = name in residual_groups
       groups.append(ChannelGroup(name=name, size=len(by_group[name]),
                                  members=members, residual=residual))
       classes[name] = by_group[name]
@@ -558,8 +538,9 @@ class _Analysis:
       group_of[group_classes[name]] = index
       channel_of[group_classes[name]] = np.arange(len(group_classes[name]))
     members = {name: [] for name in names}
-    for path, (_, _, outs) in self.calls.items():
-      if len(outs) != 1:
+    for path, call in self.calls.items():
+      outs = call.outs
+      if len(outs) != 1 or not isinstance(call.op, _L.Layer):
         continue
       roots = self.find(outs[0])
       owners = group_of[roots]
@@ -634,37 +615,179 @@ class _Analysis:
     return ~removed[self.find(labels)]
 
 
-class _Unsupported(Exception):
-  pass
 
 
-def _check_channels_last(op):
-  if getattr(op, "data_format", "channels_last") != "channels_last":
-    raise _Unsupported("data_format='channels_first' is not supported")
+_IGNORED = layers_lib.LayerRule(layers_lib.FIXED)
+_EXPANSIONS = weakref.WeakKeyDictionary()  # layer -> {shapes: model}
+_EXPANSION_NODES = weakref.WeakKeyDictionary()  # model -> {id(tensor): node}
 
 
-def _normalised_axes(axis, ndim):
-  axes = axis if isinstance(axis, (list, tuple)) else [axis]
-  return sorted(a % ndim for a in axes)
+def expand(layer, node, in_shapes):
+  """A functional model computing what a composite `layer` computes at
+  `node`, made of the layer's own sublayers and keras.ops (internal).
+
+  The layer's `call` is run on symbolic inputs of the shapes of the outer
+  call, bypassing `__call__`, so every sublayer and keras.ops call in it
+  becomes a graph node. The sublayers are the layer's own objects (the same
+  variables). The graph nodes this records on them are taken off again (the
+  model keeps its own record of them), so the caller's layers are left as
+  they were. Cached per layer and input shapes.
+  """
+  args, kwargs = internals.node_arguments(node)
+  if len(internals.inbound_nodes(layer)) > 1:
+    # One graph serves every call of a shared layer: open spatial sizes.
+    in_shapes = [(*[None] * (len(s) - 1), s[-1]) if s else s
+                 for s in in_shapes]
+  key = tuple(tuple(s) for s in in_shapes)
+  cache = _EXPANSIONS.setdefault(layer, {})
+  if key in cache:
+    return cache[key]
+  tensors = [t for t in keras.tree.flatten((args, kwargs))
+             if isinstance(t, keras.KerasTensor)]
+  inputs = {id(t): keras.Input(shape=shape, dtype=t.dtype,
+                               name=f"{layer.name}_input_{i}")
+            for i, (t, shape) in enumerate(zip(tensors, in_shapes))}
+  new_args, new_kwargs = internals.fill_in(node, inputs)
+  new_kwargs = {k: v for k, v in new_kwargs.items() if k != "training"}
+  sublayers = _all_sublayers(layer)
+  nodes = {}
+  try:
+    outputs = layer.call(*new_args, **new_kwargs)
+    flat = keras.tree.flatten(outputs)
+    if len(flat) != len(node.outputs) or any(
+        not isinstance(t, keras.KerasTensor) for t in flat):
+      raise ValueError("its call did not return symbolic tensors")
+    model = keras.Model(list(inputs.values()), outputs, name=layer.name)
+    for graph_node in topological_nodes(model):
+      for t in graph_node.outputs:
+        nodes[id(t)] = graph_node
+  finally:
+    recorded = {id(n) for n in nodes.values()}
+    for sublayer in sublayers:
+      internals.remove_nodes(sublayer, recorded)
+  _EXPANSION_NODES[model] = nodes
+  cache[key] = model
+  return model
 
 
-def _last(shape):
-  if shape[-1] is None:
-    raise _Unsupported(f"unknown channel count in shape {shape}")
-  return shape[-1]
+def _all_sublayers(layer):
+  found, stack = {}, list(internals.sublayers(layer))
+  while stack:
+    sub = stack.pop()
+    if id(sub) not in found:
+      found[id(sub)] = sub
+      stack.extend(internals.sublayers(sub))
+  return list(found.values())
 
 
-def _spatial_size(shape):
-  if any(d is None for d in shape[1:]):
-    raise _Unsupported(f"flattening a tensor of unknown shape {shape}")
-  return math.prod(shape[1:-1])
+def _auto_rule(op, node, in_shapes, out_shapes, unsupported, path):
+  """The rule for a layer that no rule covers and that has no sublayers.
+
+  Probes the layer numerically (`probe_elementwise`): a layer whose every
+  output channel depends on the same channel of its inputs only is
+  elementwise, with the weights whose last axis is the channel axis cut
+  along it; the surgeon checks the rebuilt layer against the original on
+  random data. Other layers are kept whole (fixed), with a warning.
+  """
+  try:
+    elementwise = probe_elementwise(op, node, in_shapes, out_shapes)
+  except Exception as e:  # pylint: disable=broad-except
+    unsupported[path] = (
+        f"{type(op).__name__}: unknown layer type, and calling it on random "
+        f"data to find out failed ({type(e).__name__}: {e})")
+    return _IGNORED
+  if not elementwise:
+    logging.log_first_n(
+        logging.WARNING,
+        "keras_epi: layer '%s' (%s) mixes its channels; its input and output "
+        "channels are kept whole. If it creates new channels like a "
+        "convolution, register it: keras_epi.register_layer(%s, "
+        "channels='produce', weights=..., width=...).", 20, path,
+        type(op).__name__, type(op).__name__)
+    return _IGNORED
+  if not isinstance(op, _L.Layer):  # a keras.ops operation: stateless
+    constants = [a for a in keras.tree.flatten(internals.node_arguments(node))
+                 if not isinstance(a, keras.KerasTensor)]
+    if any(np.ndim(c) and np.size(c) > 1 for c in constants):
+      return _IGNORED  # a per-channel constant pins the channels
+    return layers_lib.LayerRule(layers_lib.ELEMENTWISE)
+  channels = out_shapes[0][-1]
+  weights = {}
+  for weight in op.weights:
+    shape = tuple(weight.shape)
+    if shape and shape[-1] == channels and channels > 1:
+      if channels in shape[:-1]:
+        unsupported[path] = _ambiguous(op, weight)
+        return _IGNORED
+      weights[weight.name] = ((-1, "out"),)
+    elif channels in shape and channels > 1:
+      unsupported[path] = _ambiguous(op, weight)
+      return _IGNORED
+  return layers_lib.LayerRule(layers_lib.ELEMENTWISE, weights, auto=True)
 
 
-def _channels(tensor, op):
+def _ambiguous(op, weight):
+  name = type(op).__name__
+  return (f"{name}: acts on each channel alone, but its weight "
+          f"'{weight.name}' {tuple(weight.shape)} carries the channels on an "
+          "axis other than the last. Register it, e.g. "
+          f"keras_epi.register_layer({name}, channels='elementwise', "
+          f"weights={{{weight.name!r}: AXIS}})")
+
+
+def probe_elementwise(op, node, in_shapes, out_shapes, trials=4, seed=0):
+  """Whether every output channel of `op` depends only on the same channel
+  of each input, found by perturbing random channel subsets (internal).
+
+  Returns False for a layer with several outputs or whose output width
+  differs from its inputs'.
+  """
+  if len(out_shapes) != 1 or not out_shapes[0]:
+    return False
+  channels = out_shapes[0][-1]
+  tensors = [t for t in keras.tree.flatten(internals.node_arguments(node))
+             if isinstance(t, keras.KerasTensor)]
+  if channels is None or any(
+      not s or s[-1] not in (1, channels) for s in in_shapes):
+    return False
+  rng = np.random.default_rng(seed)
+
+  def concrete(shape, dtype):
+    shape = (2, *[5 if d is None else d for d in shape])
+    if "int" in str(dtype):
+      return rng.integers(0, 3, shape).astype(dtype)
+    return rng.normal(size=shape).astype(dtype)
+
+  values = [concrete(s, t.dtype) for s, t in zip(in_shapes, tensors)]
+
+  def run(vals):
+    args, kwargs = internals.fill_in(
+        node, {id(t): v for t, v in zip(tensors, vals)})
+    out = keras.tree.flatten(op(*args, **kwargs))
+    return np.asarray(keras.ops.convert_to_numpy(out[0]), np.float64)
+
+  base = run(values)
+  if base.shape[-1] != channels:
+    return False
+  for k, value in enumerate(values):
+    if value.shape[-1] == 1:
+      continue
+    for _ in range(trials):
+      chosen = rng.random(channels) < 0.5
+      changed = [v.copy() for v in values]
+      noise = rng.normal(size=value.shape).astype(value.dtype)
+      changed[k] = value + noise * chosen.astype(value.dtype)
+      diff = np.abs(run(changed) - base) > 1e-5 * (1.0 + np.abs(base))
+      moved = diff.reshape(-1, channels).any(axis=0)
+      if (moved & ~chosen).any():
+        return False
+  return True
+
+
+def _channels(tensor):
   if len(tensor.shape) < 2 or tensor.shape[-1] is None:
     # Scalars per example or unknown widths: a single fixed pseudo-channel.
     return 1
-  del op
   return tensor.shape[-1]
 
 

@@ -36,7 +36,8 @@ def magnitude_importance(model, groups):
   for group in groups:
     total = np.zeros(group.size)
     for path, positions in group.members:
-      filters = surgeon.output_filters(graph.layer_at(model, path))
+      layer = graph.layer_at(model, path)
+      filters = None if layer is None else surgeon.output_filters(layer)
       if filters is None:
         continue
       norms = np.linalg.norm(filters.astype(np.float64), axis=1) / np.sqrt(
@@ -93,6 +94,8 @@ class TaylorScorer:
     bn, producers = [], []
     for path, positions in group.members:
       layer = graph.layer_at(model, path)
+      if layer is None:
+        continue
       if isinstance(layer, keras.layers.BatchNormalization):
         if layer.trainable and (layer.scale or layer.center):
           bn.append(("bn", layer, positions))

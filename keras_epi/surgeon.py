@@ -1,10 +1,10 @@
 """Model surgery: physically remove channels from a functional Keras model.
 
 `prune_model` takes a *plan* (group name -> channel indices to keep, see
-`keras_epi.channel_groups`), rebuilds the model with narrower layers and copies
-every surviving weight. How one layer type is cut lives in `_WEIGHT_AXES` and
-`_new_config`: which axis of which weight follows the layer's input channels
-and which its output channels.
+`keras_epi.channel_groups`), resolves it once (`keras_epi.plan`), rebuilds
+the model with narrower layers and copies every surviving weight. How one
+layer type is cut (which weight axes follow which channels, how its config
+changes) is its rule in the layer registry, `keras_epi.layers`.
 """
 
 import functools
@@ -13,30 +13,12 @@ from absl import logging
 import keras
 import numpy as np
 
+from keras_epi import _keras_internals as internals
 from keras_epi import graph
+from keras_epi import layers as layers_lib
+from keras_epi import plan as plan_lib
 
 _L = keras.layers
-
-# (layer classes, {weight name: ((axis, side), ...)}), side one of "in" (the
-# layer's input channels), "out" (its output channels) or "mid" (the
-# depthwise output inside a separable conv: input channels repeated
-# depth_multiplier times).
-_WEIGHT_AXES = (
-    (graph._CONV, {"kernel": ((-2, "in"), (-1, "out")),  # pylint: disable=protected-access
-                   "bias": ((0, "out"),)}),
-    (graph._CONV_TRANSPOSE, {"kernel": ((-2, "out"), (-1, "in")),  # pylint: disable=protected-access
-                             "bias": ((0, "out"),)}),
-    (graph._DEPTHWISE, {"kernel": ((-2, "in"),),  # pylint: disable=protected-access
-                        "bias": ((0, "out"),)}),
-    (graph._SEPARABLE, {"depthwise_kernel": ((-2, "in"),),  # pylint: disable=protected-access
-                        "pointwise_kernel": ((-2, "mid"), (-1, "out")),
-                        "bias": ((0, "out"),)}),
-    ((_L.Dense,), {"kernel": ((0, "in"), (1, "out")), "bias": ((0, "out"),)}),
-    ((_L.BatchNormalization,), {"gamma": ((0, "out"),), "beta": ((0, "out"),),
-                                "moving_mean": ((0, "out"),),
-                                "moving_variance": ((0, "out"),)}),
-    ((_L.PReLU,), {"alpha": ((-1, "out"),)}),
-)
 
 
 def prune_model(model, keep, *, ignore=()):
@@ -44,12 +26,15 @@ def prune_model(model, keep, *, ignore=()):
 
   Every weight of a surviving channel is copied: conv, dense and transposed
   conv kernels on both channel axes, biases, BatchNormalization gamma, beta
-  and moving statistics, depthwise and separable kernels, PReLU slopes.
-  Layer names, dtype policies, regularizers and all other configuration are
-  preserved; nested models are rebuilt as nested models. The result is a
-  plain Keras model: it saves as `.keras` and loads back with
-  `keras.saving.load_model` without custom objects. The input model is not
-  modified and shares no variables with the result.
+  and moving statistics, depthwise and separable kernels, PReLU slopes, and
+  the per-channel weights of registered or probed layers. Layer names, dtype
+  policies, regularizers and all other configuration are preserved; nested
+  models are rebuilt as nested models, and a composite custom layer is
+  replaced by a functional model of its pruned sublayers (same name, same
+  outputs). The result is a plain Keras model: it saves as `.keras` and
+  loads back with `keras.saving.load_model` (custom layers need their usual
+  registration). The input model is not modified and shares no variables
+  with the result.
 
   Args:
     model: A built functional or Sequential `keras.Model`.
@@ -74,30 +59,25 @@ def prune_model(model, keep, *, ignore=()):
   return prune_with_surgeon(model, keep, ignore)[0]
 
 
-def prune_with_surgeon(model, keep, ignore=()):
+def prune_with_surgeon(model, keep, ignore=(), analysis=None):
   """`prune_model` that also returns the surgeon, whose `weight_pairs` maps
   old variables to new ones (for optimizer-state transfer). Internal."""
-  analysis = graph.analyze(model, ignore)
-  removed = analysis.removed_labels(keep)
-  surgeon = _Surgeon(analysis, removed)
+  analysis = analysis or graph.analyze(model, ignore)
+  surgeon = Surgeon(plan_lib.ResolvedPlan(analysis, keep))
   return surgeon.model(model, ""), surgeon
 
 
-class _Surgeon:
-  """Rebuilds models and layers for one set of removed channel labels."""
+class Surgeon:
+  """Rebuilds models and layers for one resolved plan (internal)."""
 
-  def __init__(self, analysis, removed):
-    self._analysis = analysis
-    self._removed = removed
+  def __init__(self, plan):
+    self.plan = plan
+    self._analysis = plan.analysis
     self._models = {}  # id(old model) -> new model
     self._layers = {}  # path -> (old layer, new layer)
-    self._layer_masks = {}  # path -> {"in"/"out"/"mid": keep mask}
-
-  def _mask(self, labels):
-    return self._analysis.keep_mask(labels, self._removed)
 
   def model(self, model, prefix):
-    """The rebuilt (and weight-loaded) copy of a model."""
+    """The rebuilt (and, at the top, weight-loaded) copy of a model."""
     if id(model) in self._models:
       return self._models[id(model)]
     if prefix:  # nested: inputs may have lost channels
@@ -108,50 +88,127 @@ class _Surgeon:
     for tensor, lab in zip(model.inputs, labels):
       shape = list(tensor.shape[1:])
       if lab is not None and shape:
-        shape[-1] = int(self._mask(lab).sum())
+        shape[-1] = int(self.plan.mask(lab).sum())
       inputs.append(graph.new_input(tensor, shape))
 
     def operation_for(op):
+      path = prefix + op.name
       if isinstance(op, keras.Model):
-        return self.model(op, prefix + op.name + "/")
-      if not isinstance(op, keras.layers.Layer):
-        return op  # a stateless keras.ops operation
-      return self._layer(op, prefix + op.name)
+        return self.model(op, path + "/")
+      if path in self._analysis.expansions:
+        return self.model(self._analysis.expansions[path], path + "/")
+      if not isinstance(op, _L.Layer):  # a keras.ops operation
+        call = self._analysis.calls.get(path)
+        if call is not None and call.rule.rebuild is not None:
+          return call.rule.rebuild(op, self.plan.masks(call))
+        return op
+      return self._layer(op, path)
 
-    new = graph.rebuild(model, inputs, operation_for)
+    def call_for(op):
+      new = operation_for(op)
+      if prefix + op.name in self._analysis.expansions:
+        def call_expansion(*args, **kwargs):
+          tensors = [t for t in keras.tree.flatten((args, kwargs))
+                     if isinstance(t, keras.KerasTensor)]
+          return new(tensors, training=kwargs.get("training"))
+        return call_expansion
+      return new
+
+    new = graph.rebuild(model, inputs, operation_for, call_for)
     self._models[id(model)] = new
     if not prefix:
       self._load_weights()
+      self._check_probed_layers()
     return new
 
   def _layer(self, layer, path):
     if path in self._layers:
       return self._layers[path][1]
-    new = layer_from_config(layer, _new_config(layer, self._masks(path)))
+    call = self._analysis.calls[path]
+    masks = self.plan.masks(call)
+    n_in = int(masks["in"].sum()) if masks["in"] is not None else None
+    n_out = int(masks["out"].sum())
+    try:
+      config = layer.get_config()
+    except NotImplementedError:
+      if layer.weights or call.rule.config is not None:
+        raise
+      # A stateless layer that cannot be serialised: it computes the same
+      # at any width, so the new model calls a copy of it.
+      new = internals.stateless_copy(layer)
+      self._layers[path] = (layer, new)
+      return new
+    if call.rule.config is not None:
+      config = call.rule.config(layer, config, n_in, n_out)
+    if call.rule.auto:
+      new = self._probed_layer(call, config, masks)
+    else:
+      new = layer_from_config(layer, config)
     self._layers[path] = (layer, new)
     return new
 
-  def _masks(self, path):
-    if path not in self._layer_masks:
-      layer, ins, outs = self._analysis.calls[path]
-      masks = {"in": self._mask(ins[0]) if ins else None,
-               "out": self._mask(outs[0])}
-      if isinstance(layer, graph._SEPARABLE):  # pylint: disable=protected-access
-        masks["mid"] = np.repeat(masks["in"], layer.depth_multiplier)
-      self._layer_masks[path] = masks
-    return self._layer_masks[path]
+  def _probed_layer(self, call, config, masks):
+    """A probed elementwise layer rebuilt for its new width: its config is
+    used as it is, or with the one integer entry that holds the width."""
+    layer = call.op
+    shapes = [(None, *s[:-1], int(m.sum()))
+              for s, m in zip(call.in_shapes, masks["ins"])]
+    expected = [plan_lib.cut(np.zeros(w.shape, bool),
+                             self.plan.cuts(call.path, w.name)).shape
+                for w in layer.weights]
+    old_width = len(masks["out"])
+    candidates = [None] + [k for k, v in config.items()
+                           if type(v) is int and v == old_width]  # pylint: disable=unidiomatic-typecheck
+    for key in candidates:
+      trial = dict(config)
+      if key is not None:
+        trial[key] = int(masks["out"].sum())
+      try:
+        new = layer_from_config(layer, trial)
+        new.build(shapes[0] if len(shapes) == 1 else shapes)
+      except Exception:  # pylint: disable=broad-except
+        continue
+      if [tuple(w.shape) for w in new.weights] == expected:
+        return new
+    raise ValueError(
+        f"keras_epi cannot rebuild layer '{call.path}' "
+        f"({type(layer).__name__}) with {int(masks['out'].sum())} channels: "
+        "its weights do not follow its input width. Register it with the "
+        "config key of its width, e.g. keras_epi.register_layer("
+        f"{type(layer).__name__}, channels='elementwise', weights=..., "
+        "width='CONFIG_KEY').")
+
+  def _check_probed_layers(self):
+    """Each probed layer, rebuilt, must compute its kept channels exactly."""
+    for path, (old, new) in self._layers.items():
+      call = self._analysis.calls[path]
+      if not call.rule.auto:
+        continue
+      masks = self.plan.masks(call)
+      rng = np.random.default_rng(0)
+      xs = [rng.normal(size=(2, *[5 if d is None else d for d in s]))
+            .astype("float32") for s in call.in_shapes]
+      old_out = keras.ops.convert_to_numpy(old(xs[0] if len(xs) == 1 else xs))
+      small = [np.compress(m, x, axis=-1) for x, m in zip(xs, masks["ins"])]
+      new_out = keras.ops.convert_to_numpy(
+          new(small[0] if len(small) == 1 else small))
+      want = np.compress(masks["out"], old_out, axis=-1)
+      if want.shape != new_out.shape or not np.allclose(
+          want, new_out, rtol=1e-4, atol=1e-5):
+        raise ValueError(
+            f"keras_epi: layer '{path}' ({type(old).__name__}) looked "
+            "per-channel, but rebuilt without the removed channels it "
+            "computes something else. Register it with keras_epi."
+            "register_layer (see its docstring) or pass it in `ignore=`.")
 
   def weight_pairs(self):
     """Yields ``(old variable, new variable, slice)`` for every weight, where
     ``slice(array)`` cuts an array shaped like the old variable (its value or
     an optimizer slot) to the new variable's shape."""
     for path, (old, new) in self._layers.items():
-      masks = self._masks(path)
-      axes = _weight_axes(old)
       for old_weight, new_weight in zip(old.weights, new.weights):
-        cuts = [(axis, masks[side])
-                for axis, side in axes.get(old_weight.name, ())]
-        yield old_weight, new_weight, functools.partial(_cut, cuts=cuts)
+        yield old_weight, new_weight, functools.partial(
+            plan_lib.cut, cuts=self.plan.cuts(path, old_weight.name))
 
   def _load_weights(self):
     for old, new, cut in self.weight_pairs():
@@ -170,46 +227,18 @@ def layer_from_config(layer, config):
   if isinstance(layer, _L.Lambda):
     # from_config refuses Python lambdas in safe mode; this one is the
     # caller's own object, so reuse its function.
-    return _L.Lambda(layer.function, output_shape=layer._output_shape,  # pylint: disable=protected-access
-                     mask=layer.mask, arguments=layer.arguments,
-                     name=config["name"], dtype=config.get("dtype"),
-                     trainable=config["trainable"])
+    return _L.Lambda(name=config["name"], dtype=config.get("dtype"),
+                     trainable=config["trainable"],
+                     **internals.lambda_config(layer))
   return type(layer).from_config(config)
 
 
-def _cut(value, cuts):
-  """Keeps the masked entries of `value` along each (axis, mask) cut."""
-  for axis, mask in cuts:
-    if value.shape[axis] == len(mask):
-      value = np.compress(mask, value, axis=axis)
-  return value
+def rule_of(layer):
+  """The registry rule of a layer, or an empty one (internal)."""
+  return layers_lib.rule_for(type(layer)) or _NO_RULE
 
 
-def _weight_axes(layer):
-  for classes, axes in _WEIGHT_AXES:
-    if isinstance(layer, classes):
-      return axes
-  return {}
-
-
-def _new_config(layer, masks):
-  """The layer's config with channel counts for the surviving channels."""
-  config = layer.get_config()
-  n_out = int(masks["out"].sum())
-  if isinstance(layer, graph._CONV):  # pylint: disable=protected-access
-    config["filters"] = n_out
-    if layer.groups > 1 and masks["in"] is not None and \
-        layer.groups == len(masks["in"]):
-      config["groups"] = int(masks["in"].sum())
-  elif isinstance(layer, (*graph._CONV_TRANSPOSE, *graph._SEPARABLE)):  # pylint: disable=protected-access
-    config["filters"] = n_out
-  elif isinstance(layer, _L.Dense):
-    config["units"] = n_out
-  elif isinstance(layer, _L.Reshape):
-    target = list(config["target_shape"])
-    if target[-1] != -1:  # with -1, Keras infers the size
-      config["target_shape"] = tuple(target[:-1]) + (n_out,)
-  return config
+_NO_RULE = layers_lib.LayerRule(layers_lib.FIXED)
 
 
 def output_axis(layer, weight_name):
@@ -218,12 +247,7 @@ def output_axis(layer, weight_name):
   Returns "depthwise" for a depthwise kernel ``(..., C, m)``, whose output
   channel ``c * m + k`` is the slice ``[..., c, k]``.
   """
-  if isinstance(layer, graph._DEPTHWISE) and weight_name == "kernel":  # pylint: disable=protected-access
-    return "depthwise"
-  for axis, side in _weight_axes(layer).get(weight_name, ()):
-    if side == "out":
-      return axis
-  return None
+  return rule_of(layer).output_axis(weight_name)
 
 
 def output_filters(layer):
@@ -234,18 +258,14 @@ def output_filters(layer):
 
   Returns:
     An array of shape ``(output channels, weights per channel)`` with the
-    kernel weights of each output channel, for layers that create their output
-    channels (convolutions of every kind, Dense), or None for the others.
+    filter weights of each output channel, for layers whose rule names
+    filters (convolutions of every kind, Dense), or None for the others.
   """
-  if isinstance(layer, (_L.BatchNormalization, _L.PReLU)):
-    return None
+  rule = rule_of(layer)
   for weight in layer.weights:
-    name = "pointwise_kernel" if isinstance(layer, graph._SEPARABLE) else \
-        "kernel"  # pylint: disable=protected-access
-    if weight.name != name:
-      continue
-    return per_output_channel(keras.ops.convert_to_numpy(weight),
-                              output_axis(layer, name))
+    if weight.name in rule.filters:
+      return per_output_channel(keras.ops.convert_to_numpy(weight),
+                                rule.output_axis(weight.name))
   return None
 
 

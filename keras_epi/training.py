@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_epi import _keras_internals as internals
 from keras_epi import callbacks as callbacks_lib
 from keras_epi import surgeon as surgeon_lib
 
@@ -123,19 +124,19 @@ def multi_worker_fit_workaround(model):
   strategy = model.distribute_strategy
   if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
     return
-  original = model._maybe_symbolic_build  # pylint: disable=protected-access
-
   def local(value):
     if isinstance(value, tf.distribute.DistributedValues):
       return strategy.experimental_local_results(value)[0]
     return value
 
-  def build(iterator=None, data_batch=None):
-    if iterator is not None:
-      for _, _, it in iterator:
-        data_batch = keras.tree.map_structure(local, next(it))
-        break
-    return original(iterator=None, data_batch=data_batch)
+  def symbolic_build(original):
+    def build(iterator=None, data_batch=None):
+      if iterator is not None:
+        for _, _, it in iterator:
+          data_batch = keras.tree.map_structure(local, next(it))
+          break
+      return original(iterator=None, data_batch=data_batch)
+    return build
 
   def vector_logs(step):
     def wrapped(data):
@@ -144,7 +145,7 @@ def multi_worker_fit_workaround(model):
           else v, step(data))
     return wrapped
 
-  model._maybe_symbolic_build = build  # pylint: disable=protected-access
+  internals.override_symbolic_build(model, symbolic_build)
   model.train_step = vector_logs(model.train_step)
   model.test_step = vector_logs(model.test_step)
 
@@ -161,7 +162,7 @@ def _history_of(callbacks):
 
 def _compile_like(model, pruned, surgeon):
   """Compiles `pruned` like `model`, carrying the optimizer state over."""
-  config = dict(model._compile_config.config)  # pylint: disable=protected-access
+  config = internals.compile_config(model)
   optimizer = model.optimizer
   new_optimizer = type(optimizer).from_config(optimizer.get_config())
   config["optimizer"] = new_optimizer

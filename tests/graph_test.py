@@ -258,15 +258,19 @@ def test_ignore_keeps_a_layer_and_what_is_coupled_to_it():
 # -- errors ------------------------------------------------------------------
 
 
-def test_unknown_layer_error_names_layer_class_and_ignore():
+def test_unknown_channel_mixing_layer_is_kept_whole_with_a_warning(caplog):
+  # A layer no rule covers is probed (tests/layers_test.py has the rest):
+  # one that mixes channels keeps its input and output channels, and the
+  # warning says how to register it.
   x = keras.Input((8, 8, 3))
   a = L.Conv2D(4, 1, name="a")(x)
   h = L.Lambda(lambda t: t[..., ::-1], name="flip")(a)
   model = keras.Model(x, L.Dense(2)(L.GlobalAveragePooling2D()(h)))
-  with pytest.raises(ValueError, match=r"(?s)flip: Lambda.*ignore=\['flip'\]"):
-    keras_epi.channel_groups(model, ignore=())
-  groups = _groups(model, ignore=["flip"])
-  assert groups == {}
+  with caplog.at_level("WARNING"):
+    assert _groups(model) == {}
+  assert "'flip' (Lambda) mixes its channels" in caplog.text
+  assert "keras_epi.register_layer(Lambda" in caplog.text
+  assert _groups(model, ignore=["flip"]) == {}
 
 
 def test_channels_first_is_rejected_with_the_layer_name():

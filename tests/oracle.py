@@ -19,10 +19,17 @@ L = keras.layers
 
 
 def resolve(model, path):  # independent of keras_epi.graph.layer_at on purpose
-  """The layer at a ``"nested/layer"`` path."""
+  """The layer at a ``"nested/layer"`` path (through composite layers'
+  tracked sublayers), or None for a layer a composite layer's `call` makes
+  anew each time (it has no weights)."""
   layer = model
   for name in path.split("/"):
-    layer = layer.get_layer(name)
+    if isinstance(layer, keras.Model):
+      layer = layer.get_layer(name)
+    else:
+      layer = next((l for l in layer._layers if l.name == name), None)  # pylint: disable=protected-access
+      if layer is None:
+        return None
   return layer
 
 
@@ -44,7 +51,9 @@ def zero_channels(model, groups, keep):
       continue
     removed = np.setdiff1d(np.arange(g.size), keep[g.name])
     for path, positions in g.members:
-      _zero_outputs(resolve(model, path), positions[removed].ravel())
+      layer = resolve(model, path)
+      if layer is not None:
+        _zero_outputs(layer, positions[removed].ravel())
 
 
 def _zero_outputs(layer, pos):
@@ -64,7 +73,14 @@ def _zero_outputs(layer, pos):
     for name in ("gamma", "beta", "moving_mean"):
       if name in arrays:
         arrays[name][pos] = 0
-  if "bias" in arrays and not isinstance(layer, L.BatchNormalization):
+  elif not isinstance(layer, (L.PReLU, L.LayerNormalization)):
+    # Another per-channel layer (LayerScale, a user's scale and shift):
+    # zero its weights that run along the channel (last) axis.
+    for value in arrays.values():
+      if value.ndim and value.shape[-1] > pos.max():
+        value[..., pos] = 0
+  if "bias" in arrays and arrays["bias"].ndim and \
+      not isinstance(layer, L.BatchNormalization):
     arrays["bias"][pos] = 0
   for name, value in arrays.items():
     weights[name].assign(value)
@@ -78,19 +94,28 @@ def copy_model(model):
 
 
 def relative_error(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  """Relative L2 error of `a` against `b` (nested outputs concatenated)."""
+  a = np.concatenate([np.ravel(keras.ops.convert_to_numpy(v))
+                      for v in keras.tree.flatten(a)])
+  b = np.concatenate([np.ravel(keras.ops.convert_to_numpy(v))
+                      for v in keras.tree.flatten(b)])
+  a, b = a.astype(np.float64), b.astype(np.float64)
   return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)
 
 
-def check_equivalence(model, x, seed=0, fraction=0.5, ignore=()):
-  """Runs the oracle; returns (zeroed copy, pruned model, keep, error)."""
+def check_equivalence(model, x, seed=0, fraction=0.5, ignore=(), copy=True):
+  """Runs the oracle; returns (zeroed model, pruned model, keep, error).
+
+  With ``copy=False`` the channels are zeroed in `model` itself (for models
+  that `clone_model` cannot copy, such as keras_hub's)."""
   groups = keras_epi.channel_groups(model, ignore=ignore)
   keep = random_keep(groups, np.random.default_rng(seed), fraction)
-  zeroed = copy_model(model)
+  zeroed = copy_model(model) if copy else model
   zero_channels(zeroed, groups, keep)
   pruned = keras_epi.prune_model(zeroed, keep, ignore=ignore)
-  error = relative_error(pruned.predict(x, verbose=0),
-                         zeroed.predict(x, verbose=0))
+  # Called, not `predict`: keras_hub tasks decode their outputs in
+  # `predict_step`, which the plain pruned model does not.
+  error = relative_error(pruned(x, training=False), zeroed(x, training=False))
   return zeroed, pruned, keep, error
 
 
@@ -101,7 +126,10 @@ def randomize_statistics(model, seed=0):
   for w in model.weights:
     shape = tuple(w.shape)
     name = w.name
-    if name in ("gamma", "moving_variance"):
+    if name in ("gamma", "moving_variance") or (
+        "layer_scale" in w.path and len(shape) == 1):
       w.assign(rng.uniform(0.5, 1.5, shape).astype(w.dtype))
-    elif name in ("beta", "moving_mean", "bias"):
+    elif name in ("beta", "moving_mean", "bias") and shape:
       w.assign(rng.normal(0.0, 0.1, shape).astype(w.dtype))
+    elif name == "bias":  # a scalar shift would move the zeroed channels
+      w.assign(np.zeros(shape, w.dtype))

@@ -6,6 +6,7 @@ import pytest
 
 import keras_epi
 from tests import oracle
+from tests import zoo_models
 
 # (builder, input shape, ignore) - small inputs keep the suite fast; the graph
 # does not depend on the spatial size except through Flatten (VGG16 keeps 224).
@@ -63,3 +64,37 @@ def test_zeroed_channels_removed_gives_same_output(name, tmp_path):
   np.testing.assert_allclose(loaded.predict(x, verbose=0),
                              pruned.predict(x, verbose=0), rtol=1e-5,
                              atol=1e-5)
+
+
+# Every other keras.applications family of Keras 3.15 and the keras.io
+# patterns (tests/zoo_models.py), without `ignore=`.
+_MORE = sorted(set(zoo_models.ZOO_MODELS) - set(ZOO) - {
+    "channels_first",  # TF cannot run NCHW convs on CPU; see layers_test
+    "custom_conv_bn_act", "custom_residual"})  # layers_test
+
+
+@pytest.mark.parametrize("name", _MORE)
+def test_more_families_prune_exactly_out_of_the_box(name):
+  model, shape = zoo_models.ZOO_MODELS[name]()
+  oracle.randomize_statistics(model)
+  x = zoo_models.random_inputs(shape)
+  dense_macs = keras_epi.count_macs(model)
+  _, pruned, keep, error = oracle.check_equivalence(model, x, copy=False)
+  assert keep, "the oracle removed nothing"
+  assert error <= 1e-4, f"{name}: relative error {error:.2e}"
+  assert keras_epi.count_macs(pruned) < dense_macs
+
+
+@pytest.mark.parametrize("name", ["ConvNeXtTiny", "InceptionResNetV2"])
+def test_formerly_ignored_families_reach_their_mac_cut(name):
+  # LayerScale and CustomScaleLayer needed `ignore=` before; now the budget
+  # reaches inside every block. (ConvNeXt's residual streams pass through
+  # LayerNormalization over the channels, which keeps them whole.)
+  model, _ = zoo_models.ZOO_MODELS[name]()
+  groups = keras_epi.channel_groups(model)
+  keep = keras_epi.select_channels(
+      model, keras_epi.magnitude_importance(model, groups), 0.5,
+      budget="macs")
+  fraction = keras_epi.count_macs(keras_epi.prune_model(model, keep)) / \
+      keras_epi.count_macs(model)
+  assert fraction <= 0.5 + 0.01, fraction

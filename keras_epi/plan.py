@@ -1,0 +1,111 @@
+"""A plan resolved once into per-layer cuts.
+
+A *plan* is plain data: ``{group name: indices of the group's channels to
+keep}`` (see `keras_epi.channel_groups`). `ResolvedPlan` turns it, once, into
+what every consumer needs for one layer call: a keep mask of its input and
+output channels, the weight slices its rule implies, and its widths. The
+surgeon, the MAC counter, the masking of a training model and the transfer
+of optimizer state all read the same object, so they cannot disagree.
+"""
+
+import numpy as np
+
+
+class ResolvedPlan:
+  """Per-layer channel masks of a plan over one `graph.Analysis`.
+
+  Args:
+    analysis: The analysis of the model the plan is for.
+    keep: ``{group name: kept indices}``; groups not named stay whole.
+
+  Raises:
+    ValueError: if `keep` names an unknown group or has bad indices.
+  """
+
+  def __init__(self, analysis, keep):
+    self.analysis = analysis
+    self.removed = analysis.removed_labels(keep)
+    self.keep = {name: np.sort(np.asarray(list(v) if isinstance(v, range)
+                                          else sorted(v) if isinstance(
+                                              v, (set, frozenset)) else v,
+                                          dtype=np.int64))
+                 for name, v in keep.items()}
+    self._masks = {}
+
+  def mask(self, labels):
+    """Which channels of a tensor with these labels survive."""
+    return ~self.removed[self.analysis.find(labels)]
+
+  def masks(self, call):
+    """``{"in", "out", "ins", "outs", "mid"}`` keep masks of one call."""
+    key = id(call)
+    if key not in self._masks:
+      ins = [self.mask(l) for l in call.ins]
+      outs = [self.mask(l) for l in call.outs]
+      masks = {"ins": ins, "outs": outs, "in": ins[0] if ins else None,
+               "out": outs[0] if outs else None}
+      if masks["in"] is not None and any(
+          side == "mid" for axes in call.rule.weights.values()
+          for _, side in axes):
+        masks["mid"] = np.repeat(masks["in"], call.op.depth_multiplier)
+      self._masks[key] = masks
+    return self._masks[key]
+
+  def layer_masks(self, path):
+    """The masks of a layer's first call (its weights follow them)."""
+    return self.masks(self.analysis.calls[path])
+
+  def cuts(self, path, weight_name):
+    """``[(axis, mask)]`` that slice a weight of the layer at `path`."""
+    call = self.analysis.calls[path]
+    masks = self.masks(call)
+    return [(axis, masks[side])
+            for axis, side in call.rule.weight_axes(weight_name)
+            if axis != "depthwise"]
+
+  def cut(self, path, weight_name, value):
+    """`value` (shaped like the weight, or one of its optimizer slots)
+    with the removed channels taken out."""
+    return cut(value, self.cuts(path, weight_name))
+
+  def macs(self):
+    """MACs of the pruned model for one example, without building it."""
+    return sum(call_macs(call, self.masks(call))
+               for call in self.analysis.all_calls)
+
+  def is_identity(self):
+    return not self.removed.any()
+
+
+def cut(value, cuts):
+  """Keeps the masked entries of `value` along each (axis, mask) cut."""
+  value = np.asarray(value)
+  for axis, mask in cuts:
+    if value.ndim and value.shape[axis] == len(mask):
+      value = np.compress(mask, value, axis=axis)
+  return value
+
+
+def call_macs(call, masks=None):
+  """MACs of one call for one example; `masks` gives the pruned widths."""
+  rule = call.rule
+  if rule.macs is None:
+    return 0
+  in_shape = list(call.in_shapes[0]) if call.in_shapes else []
+  out_shape = list(call.out_shapes[0])
+  channels_first = getattr(call.op, "data_format", None) == "channels_first"
+  if channels_first:  # the formulas read channels last
+    in_shape = in_shape[1:] + in_shape[:1]
+    out_shape = out_shape[1:] + out_shape[:1]
+  if any(d is None for d in (*in_shape, *out_shape)):
+    raise ValueError(
+        f"count_macs: layer '{call.path}' ({type(call.op).__name__}) has an "
+        f"unknown shape (input {tuple(call.in_shapes[0])}, output "
+        f"{tuple(call.out_shapes[0])}). Build the model with a fixed input "
+        "shape, e.g. keras.Input((224, 224, 3)).")
+  if masks is not None and not channels_first:
+    if masks["in"] is not None and in_shape:
+      in_shape[-1] = int(masks["in"].sum())
+    out_shape[-1] = int(masks["out"].sum())
+  return int(rule.macs(call.op, tuple(in_shape), tuple(out_shape)))
+
