@@ -6,8 +6,6 @@ are where keras_epi reads them. Each names the attribute it reads, so a Keras
 upgrade that moves one breaks here and nowhere else.
 """
 
-import copy
-
 import keras
 
 
@@ -88,7 +86,19 @@ def is_symbolic(value):
 def stateless_copy(layer):
   """A shallow copy of a layer without weights, with no graph nodes of its
   own (for stateless layers whose config cannot be serialised)."""
-  new = copy.copy(layer)
-  new._inbound_nodes = []  # pylint: disable=protected-access
-  new._outbound_nodes = []  # pylint: disable=protected-access
+  # copy.copy would go through Keras' __reduce__, i.e. get_config.
+  new = object.__new__(type(layer))
+  new.__dict__.update(layer.__dict__)
+  new.__dict__["_inbound_nodes"] = []
+  new.__dict__["_outbound_nodes"] = []
   return new
+
+
+def backup_and_restore_files(callback):
+  """The checkpoint files a `keras.callbacks.BackupAndRestore` writes."""
+  return [path for path in (
+      getattr(callback, "_weights_path", None),  # pylint: disable=protected-access
+      getattr(callback, "_training_metadata_path", None),
+      getattr(callback, "_prev_weights_path", None),
+      getattr(callback, "_prev_training_metadata_path", None))
+          if path is not None]

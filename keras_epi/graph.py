@@ -61,7 +61,8 @@ class ChannelGroup:
     members: ``(layer_name, positions)`` for every layer whose output channel
       axis carries the group's channels, in topological order.
       ``positions[i]`` is the index, among that layer's output channels, of the
-      group's channel ``i``. Where a layer carries each channel ``k`` times
+      group's channel ``i``, or -1 where the layer does not carry it (a
+      layer after a split of the group's channels, as in CSPNet). Where a layer carries each channel ``k`` times
       (DepthwiseConv with ``depth_multiplier=k``, Flatten of a ``HxW`` map),
       ``positions`` has shape ``(size, k)``.
     residual: True when the channels pass through an element-wise sum-like
@@ -291,7 +292,6 @@ class Analysis:
     self.layers = {}
     self.expansions = {}
     self.model_inputs = {}  # id(nested model) -> input labels, first call
-    self.model_input_shapes = {}  # id(nested model) -> input shapes
     self._tied = {}  # layer path -> input labels of the first call
     self.unsupported = {}  # layer path -> reason
     self._seen_paths = set()
@@ -318,9 +318,6 @@ class Analysis:
           f"their input and output channels unpruned, e.g. "
           f"ignore={sorted(self.unsupported)!r}.")
     self.groups, self.classes = self._make_groups()
-
-  def rule(self, path):
-    return self.calls[path].rule
 
   # -- union-find (vectorised over channels) -------------------------------
 
@@ -406,7 +403,6 @@ class Analysis:
       self.layers[path] = op
       self._tie(path, in_labels)
       self.model_inputs.setdefault(id(op), in_labels)
-      self.model_input_shapes.setdefault(id(op), in_shapes)
       return self._walk(op, ins, path + "/")
     out_shapes = self._output_shapes(node, ins)
     rule = layers_lib.rule_for(type(op))
@@ -552,17 +548,21 @@ class Analysis:
         channel = channel_of[roots[pos]]
         size = len(group_classes[name])
         counts = np.bincount(channel, minlength=size)
-        if counts.min() != counts.max():
+        carried = counts > 0
+        repeats = counts[carried].max()
+        if (counts[carried] != repeats).any():
           logging.warning(
-              "keras_epi: channel group '%s' reaches layer '%s' only in part "
-              "(through a concatenation feeding a merge); the group is kept "
+              "keras_epi: channel group '%s' reaches layer '%s' unevenly "
+              "(some channels more often than others); the group is kept "
               "unpruned.", name, path)
           members[name] = None
           continue
-        positions = pos[np.argsort(channel, kind="stable")].reshape(
-            size, counts[0])
+        # A layer past a split carries part of the group: -1 elsewhere.
+        positions = np.full((size, repeats), -1, dtype=np.int64)
+        positions[carried] = pos[np.argsort(channel, kind="stable")].reshape(
+            -1, repeats)
         members[name].append(
-            (path, positions[:, 0] if counts[0] == 1 else positions))
+            (path, positions[:, 0] if repeats == 1 else positions))
     return {name: None if m is None else tuple(m)
             for name, m in members.items()}
 
@@ -607,12 +607,6 @@ class Analysis:
     for labels in removed:
       flags[labels] = True
     return flags
-
-  def keep_mask(self, labels, removed):
-    """Boolean mask of the channels of a tensor that survive.
-
-    `removed` is the array from `removed_labels`."""
-    return ~removed[self.find(labels)]
 
 
 

@@ -42,11 +42,18 @@ def magnitude_importance(model, groups):
         continue
       norms = np.linalg.norm(filters.astype(np.float64), axis=1) / np.sqrt(
           filters.shape[1])
-      per_channel = norms[positions]
-      total += per_channel.sum(axis=1) if per_channel.ndim == 2 else \
-          per_channel
+      total += gather_channels(norms, positions)
     scores[group.name] = total
   return scores
+
+
+def gather_channels(per_output, positions):
+  """A member's values per group channel: ``per_output[positions]`` summed
+  over repeats, 0 where the member does not carry the channel (-1)."""
+  valid = positions >= 0
+  values = np.where(valid, np.asarray(per_output)[np.where(valid, positions,
+                                                           0)], 0.0)
+  return values.sum(axis=1) if values.ndim == 2 else values
 
 
 class TaylorScorer:
@@ -114,7 +121,9 @@ class TaylorScorer:
             layer, grad_of)
         if per_channel is None:
           continue
-        gathered = tf.gather(per_channel, positions)
+        valid = positions >= 0
+        gathered = tf.gather(per_channel, np.where(valid, positions, 0))
+        gathered *= tf.constant(valid, tf.float32)
         if len(positions.shape) == 2:
           gathered = tf.reduce_sum(gathered, axis=1)
         s += gathered

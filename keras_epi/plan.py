@@ -51,10 +51,6 @@ class ResolvedPlan:
       self._masks[key] = masks
     return self._masks[key]
 
-  def layer_masks(self, path):
-    """The masks of a layer's first call (its weights follow them)."""
-    return self.masks(self.analysis.calls[path])
-
   def cuts(self, path, weight_name):
     """``[(axis, mask)]`` that slice a weight of the layer at `path`."""
     call = self.analysis.calls[path]
@@ -72,9 +68,6 @@ class ResolvedPlan:
     """MACs of the pruned model for one example, without building it."""
     return sum(call_macs(call, self.masks(call))
                for call in self.analysis.all_calls)
-
-  def is_identity(self):
-    return not self.removed.any()
 
 
 def cut(value, cuts):

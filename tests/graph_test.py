@@ -317,3 +317,37 @@ def test_subclassed_model_is_rejected():
   net(np.zeros((1, 3), "float32"))
   with pytest.raises(ValueError, match="Subclassed models"):
     keras_epi.channel_groups(net)
+
+
+def test_split_then_residual_gives_members_that_carry_part_of_a_group():
+  # CSPNet: one conv's channels are split; one half runs through a residual
+  # block. The block's conv carries only that half of the group: -1 marks
+  # the channels it does not carry, and the group stays prunable.
+  keras.utils.set_random_seed(0)
+  x = keras.Input((6, 6, 3))
+  h = L.Conv2D(8, 1, name="exp")(x)
+  a, b = keras.ops.split(h, 2, axis=-1)
+  b = L.Add(name="add")([b, L.Conv2D(4, 3, padding="same", name="blk")(b)])
+  h = L.Concatenate(name="cat")([a, b])
+  model = keras.Model(x, L.Dense(2, name="fc")(L.Flatten()(h)))
+  groups = _groups(model)
+  assert list(groups) == ["exp"] and groups["exp"].size == 8
+  members = _members(groups["exp"])
+  np.testing.assert_array_equal(members["blk"], [-1, -1, -1, -1, 0, 1, 2, 3])
+  np.testing.assert_array_equal(members["exp"], np.arange(8))
+  scores = keras_epi.magnitude_importance(model, list(groups.values()))
+  kernel = {n: keras.ops.convert_to_numpy(model.get_layer(n).kernel)
+            for n in ("exp", "blk")}
+  norms = {n: np.linalg.norm(k.reshape(-1, k.shape[-1]), axis=0) /
+           np.sqrt(np.prod(k.shape[:-1])) for n, k in kernel.items()}
+  np.testing.assert_allclose(
+      scores["exp"], norms["exp"] + np.r_[np.zeros(4), norms["blk"]],
+      rtol=1e-6)
+  xs = np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype("float32")
+  zeroed = model
+  keep = {"exp": [0, 2, 5, 7]}
+  from tests import oracle  # pylint: disable=g-import-not-at-top
+  oracle.zero_channels(zeroed, list(groups.values()), keep)
+  pruned = keras_epi.prune_model(zeroed, keep)
+  assert pruned.get_layer("blk").filters == 2
+  assert oracle.relative_error(pruned(xs), zeroed(xs)) < 1e-5

@@ -321,8 +321,9 @@ def _node_counts(model):
           for l in model._flatten_layers(include_self=False, recursive=True)]  # pylint: disable=protected-access
 
 
-def test_composite_and_per_channel_layers_train_with_epi():
-  model, shape = zoo_models.build_custom_residual()
+@pytest.mark.parametrize("name", ["custom_channel_affine", "custom_residual"])
+def test_users_layers_train_with_epi_then_save_and_load(name, tmp_path):
+  model, shape = zoo_models.ZOO_MODELS[name]()
   model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
       from_logits=True))
   rng = np.random.default_rng(0)
@@ -334,3 +335,9 @@ def test_composite_and_per_channel_layers_train_with_epi():
                                  callbacks=[cb], verbose=0)
   assert cb.prune_epoch == 1 and len(history.history["loss"]) == 2
   assert keras_epi.count_macs(small) < keras_epi.count_macs(model)
+  path = tmp_path / "small.keras"
+  small.save(path)
+  loaded = keras.saving.load_model(path)
+  np.testing.assert_allclose(loaded.predict(x, verbose=0),
+                             small.predict(x, verbose=0), rtol=1e-5,
+                             atol=1e-5)

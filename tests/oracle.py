@@ -52,8 +52,10 @@ def zero_channels(model, groups, keep):
     removed = np.setdiff1d(np.arange(g.size), keep[g.name])
     for path, positions in g.members:
       layer = resolve(model, path)
-      if layer is not None:
-        _zero_outputs(layer, positions[removed].ravel())
+      pos = positions[removed].ravel()
+      pos = pos[pos >= 0]  # -1: a channel this layer does not carry
+      if layer is not None and pos.size:
+        _zero_outputs(layer, pos)
 
 
 def _zero_outputs(layer, pos):
