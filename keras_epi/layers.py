@@ -579,7 +579,9 @@ _PER_CHANNEL_NAMES = (
     "GlobalMaxPooling2D", "GlobalMaxPooling3D", "ZeroPadding1D",
     "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
     "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D",
-    "RepeatVector",
+    "RepeatVector", "AdaptiveAveragePooling1D", "AdaptiveAveragePooling2D",
+    "AdaptiveAveragePooling3D", "AdaptiveMaxPooling1D",
+    "AdaptiveMaxPooling2D", "AdaptiveMaxPooling3D",
     # Preprocessing and augmentation that move pixels or treat each channel
     # alike and independently (identities at inference).
     "Resizing", "CenterCrop", "RandomFlip", "RandomRotation", "RandomZoom",
@@ -597,7 +599,13 @@ _MIXING_NAMES = (
     "CutMix", "Pipeline", "Embedding", "EinsumDense", "MultiHeadAttention",
     "GroupQueryAttention", "Attention", "AdditiveAttention", "LSTM", "GRU",
     "SimpleRNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D",
-    "TimeDistributed",
+    "TimeDistributed", "RNN", "SimpleRNNCell", "GRUCell", "LSTMCell",
+    "StackedRNNCells", "Dot", "Wrapper", "SpectralNormalization",
+    "CategoryEncoding", "Discretization", "Hashing", "HashedCrossing",
+    "IntegerLookup", "StringLookup", "TextVectorization", "MelSpectrogram",
+    "STFTSpectrogram", "ContrastLimitedAdaptiveHistogramEqualization",
+    "MaxNumBoundingBoxes", "TFSMLayer", "JaxLayer", "FlaxLayer",
+    "TorchModuleWrapper",
 )
 
 

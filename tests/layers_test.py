@@ -341,3 +341,16 @@ def test_users_layers_train_with_epi_then_save_and_load(name, tmp_path):
   np.testing.assert_allclose(loaded.predict(x, verbose=0),
                              small.predict(x, verbose=0), rtol=1e-5,
                              atol=1e-5)
+
+
+def test_every_public_keras_layer_has_a_rule():
+  # A Keras upgrade that adds a layer shows up here. Lambda is probed on
+  # purpose (its function decides), Layer is the base of users' layers.
+  if not keras.__version__.startswith("3.15."):
+    pytest.skip(f"the table was checked against Keras 3.15, not "
+                f"{keras.__version__}")
+  missing = [name for name in dir(keras.layers)
+             if isinstance(getattr(keras.layers, name), type) and
+             issubclass(getattr(keras.layers, name), keras.layers.Layer) and
+             layers_lib.rule_for(getattr(keras.layers, name)) is None]
+  assert sorted(missing) == ["InputLayer", "Lambda", "Layer"]
