@@ -36,6 +36,7 @@ carries that class at ``positions[i]`` of its output channels. Only
 """
 
 import dataclasses
+import json
 import weakref
 
 from absl import logging
@@ -684,7 +685,13 @@ def _auto_rule(op, node, in_shapes, out_shapes, unsupported, path):
   random data. Other layers are kept whole (fixed), with a warning.
   """
   try:
-    elementwise = probe_elementwise(op, node, in_shapes, out_shapes)
+    key = _probe_key(op, in_shapes)
+    if key is not None and key in _PROBED:
+      elementwise = _PROBED[key]
+    else:
+      elementwise = probe_elementwise(op, node, in_shapes, out_shapes)
+      if key is not None:
+        _PROBED[key] = elementwise
   except Exception as e:  # pylint: disable=broad-except
     unsupported[path] = (
         f"{type(op).__name__}: unknown layer type, and calling it on random "
@@ -718,6 +725,19 @@ def _auto_rule(op, node, in_shapes, out_shapes, unsupported, path):
       unsupported[path] = _ambiguous(op, weight)
       return _IGNORED
   return layers_lib.LayerRule(layers_lib.ELEMENTWISE, weights, auto=True)
+
+
+_PROBED = {}  # (class, config, shapes) -> elementwise; weights do not enter:
+# the surgeon checks every probed layer again with its own weights.
+
+
+def _probe_key(op, in_shapes):
+  try:
+    config = {k: v for k, v in op.get_config().items() if k != "name"}
+    config = json.dumps(config, sort_keys=True, default=str)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return (type(op), config, tuple(tuple(s) for s in in_shapes))
 
 
 def _ambiguous(op, weight):

@@ -134,8 +134,12 @@ class Surgeon:
       if layer.weights or call.rule.config is not None:
         raise
       # A stateless layer that cannot be serialised: it computes the same
-      # at any width, so the new model calls a copy of it.
-      new = internals.stateless_copy(layer)
+      # at any width, so the new model calls a copy of it (a plain Identity,
+      # which saves, where it is one).
+      if type(layer) is _L.Identity:  # pylint: disable=unidiomatic-typecheck
+        new = _L.Identity(name=layer.name, dtype=layer.dtype_policy.name)
+      else:
+        new = internals.stateless_copy(layer)
       self._layers[path] = (layer, new)
       return new
     if call.rule.config is not None:
