@@ -11,6 +11,9 @@ are not multiply-accumulates); this is the convention of most pruning papers.
 pruning now would keep, ranked globally across groups.
 """
 
+import collections.abc
+import numbers
+
 import numpy as np
 
 from keras_epi import graph
@@ -93,6 +96,11 @@ def plan_channels(analysis, scores, ratio, *, budget="neurons",
                   min_channels=1, round_to=1, keep_stem=True,
                   keep_residual=False):
   """`select_channels` on an existing graph analysis (internal)."""
+  if not isinstance(scores, collections.abc.Mapping):
+    raise ValueError(
+        f"`scores` must be a mapping {{group name: array of the group's "
+        f"channel scores}} (e.g. from keras_epi.magnitude_importance), "
+        f"received a {type(scores).__name__}.")
   sizes = {g.name: g.size for g in analysis.groups}
   residual = {g.name for g in analysis.groups if g.residual}
   stem = analysis.groups[0].name if analysis.groups else None
@@ -105,6 +113,10 @@ def plan_channels(analysis, scores, ratio, *, budget="neurons",
     if values.shape != (sizes[name],):
       raise ValueError(f"`scores[{name!r}]` has shape {values.shape}; the "
                        f"group has {sizes[name]} channels.")
+    if np.isnan(values).any():  # +-inf rank fine; NaN has no order
+      raise ValueError(f"`scores[{name!r}]` has NaN values at channels "
+                       f"{np.flatnonzero(np.isnan(values))[:10].tolist()}; "
+                       "a ranking of them would be arbitrary.")
     if (keep_stem and name == stem) or (keep_residual and name in residual):
       continue
     ranked[name] = np.argsort(-values, kind="stable")  # best first
@@ -150,15 +162,20 @@ def plan_channels(analysis, scores, ratio, *, budget="neurons",
 
 
 def _check_arguments(ratio, budget, min_channels, round_to):
-  if not 0.0 < ratio < 1.0:
-    raise ValueError(f"`ratio` must be in (0, 1), received {ratio!r}.")
+  """ValueErrors naming the argument; NumPy scalars count as numbers."""
+  if not isinstance(ratio, numbers.Real) or isinstance(
+      ratio, (bool, np.bool_)) or not 0.0 < ratio < 1.0:
+    raise ValueError(f"`ratio` must be a number in (0, 1), received "
+                     f"{ratio!r}.")
   if budget not in BUDGETS:
     raise ValueError(f"`budget` must be one of {BUDGETS}, received "
                      f"{budget!r}.")
-  if not isinstance(min_channels, (int, np.integer)) or min_channels < 1:
+  if not isinstance(min_channels, numbers.Integral) or isinstance(
+      min_channels, bool) or min_channels < 1:
     raise ValueError(f"`min_channels` must be an integer >= 1, received "
                      f"{min_channels!r}.")
-  if not isinstance(round_to, (int, np.integer)) or round_to < 1:
+  if not isinstance(round_to, numbers.Integral) or isinstance(
+      round_to, bool) or round_to < 1:
     raise ValueError(f"`round_to` must be an integer >= 1, received "
                      f"{round_to!r}.")
 

@@ -17,13 +17,20 @@ so the trained model and `pruned_model` compute the same function.
 `keras_epi.fit` instead continues training on `pruned_model`, where the
 training-cost saving comes from.
 
-Taylor scores reuse the gradients of the train step: the callback wraps the
-optimizer's `apply` for the duration of `fit`, so no second backward pass is
-paid.
+Taylor scores reuse the gradients of the train step through a `GradientTap`:
+the optimizer's `apply` is wrapped only while a leased train step runs, so no
+second backward pass is paid and no exception or interrupt can leave the
+wrapper behind (see `GradientTap`). Masking zeroes the removed channels on
+both the producer's and the consumers' side (`keras_epi.masking`), so the
+masked model equals the cut one for any activation.
 """
 
+import contextlib
 import json
+import numbers
 import os
+import warnings
+import weakref
 
 from absl import logging
 import keras
@@ -35,7 +42,7 @@ from keras_epi import budget as budget_lib
 from keras_epi import graph
 from keras_epi import importance as importance_lib
 from keras_epi import indicators
-from keras_epi import plan as plan_lib
+from keras_epi import masking
 from keras_epi import surgeon
 
 CRITERIA = ("taylor", "magnitude")
@@ -89,6 +96,10 @@ class EPICallback(keras.callbacks.Callback):
     init_steps: Batches scored before pruning at initialisation.
     early_bird_penalty: L1 coefficient on BN gamma for "early_bird".
     early_bird_distance: Early-Bird's mask distance threshold.
+    prune_frozen: False (default) keeps every group whole that a frozen
+      layer (``trainable=False``, with weights) produces or carries, as in
+      fine-tuning with a frozen backbone; they are listed in `frozen_groups`
+      and logged. True prunes them like the others.
     backup_dir: Directory where the run state (indicator history, the prune
       plan) is saved every epoch, so that a run interrupted and restarted
       with `keras.callbacks.BackupAndRestore` resumes it. `keras_epi.fit`
@@ -114,6 +125,14 @@ class EPICallback(keras.callbacks.Callback):
     early_bird_history: Per epoch, Early-Bird's largest mask distance
       (``policy="early_bird"``).
     skipped_batches: Batches whose Taylor scores were not finite.
+    frozen_groups: Names of the groups kept whole because a member layer is
+      frozen (empty with ``prune_frozen=True``).
+
+  Raises:
+    ValueError: for an argument out of its range or of the wrong type (the
+      message names it); at `on_train_begin`, for a model without prunable
+      groups, a second EPICallback in the same fit, or ``prune_epoch=0``
+      with `init_steps` longer than an epoch.
   """
 
   def __init__(self, prune_ratio=0.3, budget="neurons", criterion="taylor",
@@ -123,12 +142,10 @@ class EPICallback(keras.callbacks.Callback):
                keep_residual=False,
                taylor_reduction="square", init_steps=20,
                early_bird_penalty=1e-4, early_bird_distance=0.1,
-               backup_dir=None, gradual_steps=1, verbose=1):
+               backup_dir=None, gradual_steps=1, prune_frozen=False,
+               verbose=1):
     super().__init__()
-    if isinstance(prune_ratio, bool) or not isinstance(
-        prune_ratio, (int, float)) or not 0.0 < prune_ratio < 1.0:
-      raise ValueError(f"`prune_ratio` must be a number in (0, 1), received "
-                       f"{prune_ratio!r}.")
+    prune_ratio = _number("prune_ratio", prune_ratio, "(0, 1)")
     if budget not in budget_lib.BUDGETS:
       raise ValueError(f"`budget` must be one of {budget_lib.BUDGETS}, "
                        f"received {budget!r}.")
@@ -139,64 +156,68 @@ class EPICallback(keras.callbacks.Callback):
       raise ValueError(f"`policy` must be one of {POLICIES}, received "
                        f"{policy!r}.")
     if policy == "fixed":
-      if not isinstance(prune_epoch, int) or prune_epoch < 0:
-        raise ValueError("`prune_epoch` must be an integer >= 0 with "
-                         f"policy='fixed', received {prune_epoch!r}.")
+      prune_epoch = _integer("prune_epoch", prune_epoch, 0,
+                             " with policy='fixed'")
     elif prune_epoch is not None:
       raise ValueError(f"`prune_epoch` is only used with policy='fixed'; "
                        f"received prune_epoch={prune_epoch!r} with "
                        f"policy={policy!r}.")
-    if prune_by is not None and (
-        policy == "fixed" or isinstance(prune_by, bool) or
-        not isinstance(prune_by, int) or prune_by < 1):
-      raise ValueError(
-          f"`prune_by` must be None or an integer >= 1 with policy='epi' or "
-          f"'early_bird', received prune_by={prune_by!r} with "
-          f"policy={policy!r}.")
-    self.prune_by = prune_by
+    if prune_by is not None:
+      if policy == "fixed" or not _is_integer(prune_by) or prune_by < 1:
+        raise ValueError(
+            f"`prune_by` must be None or an integer >= 1 with policy='epi' "
+            f"or 'early_bird', received prune_by={prune_by!r} with "
+            f"policy={policy!r}.")
+      prune_by = int(prune_by)
+    window = _integer("window", window, 1)
     if threshold is None:
       threshold = indicators.PAPER_THRESHOLDS[criterion]
-    # Validates window and threshold.
-    indicators.EarlyPruningIndicator(window=window, threshold=threshold)
+    threshold = _number("threshold", threshold, "(0, 1]")
     if taylor_reduction not in importance_lib.TAYLOR_REDUCTIONS:
       raise ValueError(f"`taylor_reduction` must be one of "
                        f"{importance_lib.TAYLOR_REDUCTIONS}, received "
                        f"{taylor_reduction!r}.")
-    if not isinstance(init_steps, int) or init_steps < 1:
-      raise ValueError(f"`init_steps` must be an integer >= 1, received "
-                       f"{init_steps!r}.")
-    if early_bird_penalty < 0:
-      raise ValueError(f"`early_bird_penalty` must be >= 0, received "
-                       f"{early_bird_penalty!r}.")
+    init_steps = _integer("init_steps", init_steps, 1)
+    early_bird_penalty = _number("early_bird_penalty", early_bird_penalty,
+                                 "[0, inf)")
+    early_bird_distance = _number("early_bird_distance", early_bird_distance,
+                                  "(0, 1]")
     budget_lib._check_arguments(prune_ratio, budget, min_channels, round_to)  # pylint: disable=protected-access
-    if isinstance(ignore, str):
+    if isinstance(ignore, str) or not isinstance(
+        ignore, (list, tuple, set, frozenset)) or not all(
+            isinstance(name, str) for name in ignore):
       raise ValueError(f"`ignore` must be a collection of layer names, "
-                       f"received the string {ignore!r}.")
-    self.prune_ratio = float(prune_ratio)
+                       f"received {ignore!r}.")
+    if backup_dir is not None and not isinstance(backup_dir,
+                                                 (str, os.PathLike)):
+      raise ValueError(f"`backup_dir` must be None or a directory path (a "
+                       f"string), received {backup_dir!r}.")
+    gradual_steps = _integer("gradual_steps", gradual_steps, 1)
+    self.prune_ratio = prune_ratio
     self.budget = budget
     self.criterion = criterion
     self.window = window
-    self.threshold = float(threshold)
+    self.threshold = threshold
     self.policy = policy
     self.fixed_epoch = prune_epoch
+    self.prune_by = prune_by
     self.ignore = tuple(ignore)
-    self.min_channels = min_channels
-    self.round_to = round_to
-    self.keep_stem = keep_stem
-    self.keep_residual = bool(keep_residual)
+    self.min_channels = int(min_channels)
+    self.round_to = int(round_to)
+    self.keep_stem = _boolean("keep_stem", keep_stem)
+    self.keep_residual = _boolean("keep_residual", keep_residual)
+    self.prune_frozen = _boolean("prune_frozen", prune_frozen)
     self.taylor_reduction = taylor_reduction
     self.init_steps = init_steps
-    self.early_bird_penalty = float(early_bird_penalty)
-    self.early_bird_distance = float(early_bird_distance)
-    if not isinstance(gradual_steps, int) or gradual_steps < 1:
-      raise ValueError(f"`gradual_steps` must be an integer >= 1, received "
-                       f"{gradual_steps!r}.")
-    self.backup_dir = backup_dir
+    self.early_bird_penalty = early_bird_penalty
+    self.early_bird_distance = early_bird_distance
+    self.backup_dir = None if backup_dir is None else os.fspath(backup_dir)
     self.gradual_steps = gradual_steps
     self.verbose = verbose
     # Set by keras_epi.fit: stop `fit` at the trigger / continue a run.
     self._stop_on_prune = False
     self._continuing = False
+    self._hook = None
     self._reset_run_state()
 
   # -- state ----------------------------------------------------------------
@@ -211,6 +232,7 @@ class EPICallback(keras.callbacks.Callback):
     self.epi_history = []
     self.width_history = []
     self.skipped_batches = 0
+    self.frozen_groups = ()
     self._epi = indicators.EarlyPruningIndicator(self.window, self.threshold)
     self._early_bird = indicators.EarlyBirdIndicator(
         window=5, max_distance=self.early_bird_distance)
@@ -240,47 +262,99 @@ class EPICallback(keras.callbacks.Callback):
   # -- Keras lifecycle ------------------------------------------------------
 
   def on_train_begin(self, logs=None):
+    self._claim_model()
     if self._continuing:  # keras_epi.fit goes on with the pruned model
       self._save_state()
       return
+    self._remove_gradient_hook()  # a previous fit that ended by an exception
     self._reset_run_state()
     model = self.model
     self._analysis = graph.analyze(model, self.ignore)
     stem = self._analysis.groups[0].name if self._analysis.groups else None
+    self.frozen_groups = () if self.prune_frozen else tuple(
+        g.name for g in self._analysis.groups
+        if any(_is_frozen(graph.layer_at(model, path))
+               for path, _ in g.members))
     self._groups = [g for g in self._analysis.groups
                     if not (self.keep_stem and g.name == stem) and
-                    not (self.keep_residual and g.residual)]
+                    not (self.keep_residual and g.residual) and
+                    g.name not in self.frozen_groups]
+    if self.frozen_groups:
+      logging.info(
+          "EPICallback: %d group(s) with frozen layers (trainable=False) are "
+          "kept whole: %s. Pass prune_frozen=True to prune them.",
+          len(self.frozen_groups), ", ".join(self.frozen_groups[:8]) +
+          (", ..." if len(self.frozen_groups) > 8 else ""))
     if not self._groups:
       raise ValueError(
           f"Model '{model.name}' has no prunable channel groups (its groups: "
           f"{[g.name for g in self._analysis.groups]}; keep_stem="
-          f"{self.keep_stem}, keep_residual={self.keep_residual}). "
-          "EPICallback needs convolution or Dense layers whose outputs are "
-          "not model outputs.")
+          f"{self.keep_stem}, keep_residual={self.keep_residual}, frozen "
+          f"groups kept whole: {list(self.frozen_groups)}). "
+          "EPICallback needs trainable convolution or Dense layers whose "
+          "outputs are not model outputs (or prune_frozen=True).")
+    self._check_run_settings()
     self._macs_dense = budget_lib.planned_macs(self._analysis, {})
     needs_gradients = (self.criterion == "taylor" or
                        self.policy == "early_bird")
+    if needs_gradients and getattr(model, "optimizer", None) is None:
+      raise ValueError("EPICallback needs a compiled model (an optimizer) "
+                       "for Taylor scores and Early-Bird.")
+    saved = self.load_saved_state()
+    if saved is not None:  # resuming an interrupted run
+      self.set_state(saved)
+    if self.pruned:
+      self._start_masking()
+      logging.info("EPICallback: resumed a run pruned after %d epochs.",
+                   self.prune_epoch)
+      return
     if needs_gradients:
-      if getattr(model, "optimizer", None) is None:
-        raise ValueError("EPICallback needs a compiled model (an optimizer) "
-                         "for Taylor scores and Early-Bird.")
       if self.criterion == "taylor" and self.policy != "early_bird":
         self._scorer = importance_lib.TaylorScorer(
             model, self._groups, reduction=self.taylor_reduction)
       self._install_gradient_hook()
-    saved = self.load_saved_state()
-    if saved is not None:  # resuming an interrupted run
-      self.set_state(saved)
-      if self.pruned:
-        self._start_masking()
-        logging.info("EPICallback: resumed a run pruned after %d epochs.",
-                     self.prune_epoch)
+    if saved is not None:
       return
     if self.policy == "fixed" and self.fixed_epoch == 0:
       if self.gradual_steps > 1:
         self._start_gradual(0)
       elif self._scorer is None:
-        self._prune(self._current_scores(), 0)
+        self._prune(self._scores_for_pruning(), 0)
+
+  def _claim_model(self):
+    """Refuses a second EPICallback in the same fit of the same model."""
+    other = _RUNNING.get(self.model)
+    other = other() if other is not None else None
+    if (other is not None and other is not self and
+        self.params is not None and other.params is self.params):
+      raise ValueError(
+          "Two EPICallbacks in one fit of the same model: each would score, "
+          "mask and prune it on its own. Pass exactly one EPICallback (to "
+          "compare settings, run one fit per callback on copies of the "
+          "model).")
+    _RUNNING[self.model] = weakref.ref(self)
+
+  def _check_run_settings(self):
+    """Warnings and errors that need the model and the fit's parameters."""
+    if all(self.min_channels >= g.size for g in self._groups):
+      warnings.warn(
+          f"EPICallback: min_channels={self.min_channels} is at least the "
+          f"size of every prunable group (largest: "
+          f"{max(g.size for g in self._groups)} channels), so pruning removes "
+          "nothing. Lower `min_channels`.", UserWarning, stacklevel=2)
+    steps = (self.params or {}).get("steps")
+    if (self.policy == "fixed" and self.fixed_epoch == 0 and
+        self.criterion == "taylor" and self.gradual_steps == 1 and
+        steps is not None and self.init_steps > steps):
+      raise ValueError(
+          f"`init_steps`={self.init_steps} is longer than an epoch ({steps} "
+          "steps): with policy='fixed' and prune_epoch=0 the model is pruned "
+          "after `init_steps` batches of the first epoch. Pass init_steps <= "
+          f"{steps}, or prune_epoch=1 to prune after the first epoch.")
+
+  def on_train_batch_begin(self, batch, logs=None):
+    if self._hook is not None:
+      self._hook.grant()
 
   def on_train_batch_end(self, batch, logs=None):
     if self._gradual_epoch is not None and not self.pruned:
@@ -288,7 +362,7 @@ class EPICallback(keras.callbacks.Callback):
     elif (self.policy == "fixed" and self.fixed_epoch == 0 and
           not self.pruned and self._epoch == 0 and
           batch + 1 >= self.init_steps):
-      self._prune(self._current_scores(), 0)
+      self._prune(self._scores_for_pruning(), 0)
     if self._apply_masks is not None:
       self._apply_masks()
 
@@ -298,15 +372,19 @@ class EPICallback(keras.callbacks.Callback):
   def on_epoch_end(self, epoch, logs=None):
     logs = logs if logs is not None else {}
     if self._gradual_epoch == epoch and not self.pruned:  # last step: cut
-      scores = self._current_scores()
+      scores = self._scores_for_pruning()
       self._prune(scores, epoch + 1, self._plan(scores, self.prune_ratio))
     if self.pruned:
       logs.update(self._last_logs)
       self._save_state()
       return
     scores = self._current_scores()
-    if scores is None:  # nothing scored this epoch (e.g. zero steps)
-      return
+    if scores is None:  # nothing (finite) scored this epoch
+      due = ((self.policy == "fixed" and epoch + 1 >= self.fixed_epoch) or
+             (self.prune_by is not None and epoch + 1 >= self.prune_by))
+      if not due:
+        return
+      scores = self._scores_for_pruning()  # a fixed trigger still fires
     keep = self._plan(scores, self.prune_ratio)
     widths = {g.name: len(keep[g.name]) for g in self._groups}
     self.width_history.append(widths)
@@ -342,6 +420,7 @@ class EPICallback(keras.callbacks.Callback):
 
   def on_train_end(self, logs=None):
     self._remove_gradient_hook()
+    self._release_model()
     if self.pruned and not self._stop_on_prune and not self._continuing:
       # The masked model trained on after the trigger: cut it again so that
       # `pruned_model` holds the trained weights.
@@ -350,6 +429,18 @@ class EPICallback(keras.callbacks.Callback):
             self.model, self.keep, self.ignore)
     if self._scorer is not None:
       self.skipped_batches = int(self._scorer.skipped.numpy())
+
+  def _release_model(self):
+    if self.model is not None and (_RUNNING.get(self.model) or (lambda: None))() is self:
+      del _RUNNING[self.model]
+
+  def close(self):
+    """Ends this callback's part in a fit that did not reach
+    `on_train_end` (an exception): removes the gradient tap. `keras_epi.fit`
+    calls it on every exit; in a plain `fit` the tap removes itself at the
+    next train step it is not leased for."""
+    self._remove_gradient_hook()
+    self._release_model()
 
   # -- scoring --------------------------------------------------------------
 
@@ -365,15 +456,36 @@ class EPICallback(keras.callbacks.Callback):
         return None
     else:
       scores = importance_lib.magnitude_importance(self.model, self._groups)
+    if not _finite(scores):
+      logging.warning(
+          "EPICallback: the %s scores of epoch %d are not finite (NaN or "
+          "inf weights or gradients); the epoch is not counted.",
+          "Early-Bird" if self.policy == "early_bird" else self.criterion,
+          self._epoch)
+      return None
     self.importance = scores
     return scores
 
+  def _scores_for_pruning(self):
+    """The interval's scores; where there are none that are finite (every
+    batch's Taylor scores were NaN, as under a loss scale that skips steps),
+    filter magnitudes, so that a due trigger still prunes."""
+    scores = self._current_scores()
+    if scores is None:
+      scores = importance_lib.magnitude_importance(self.model, self._groups)
+      if not _finite(scores):
+        raise ValueError(
+            "EPICallback: cannot prune, the model's weights are not finite "
+            "(NaN or inf): there is no score to rank the channels by. Check "
+            "the learning rate and the data, or add "
+            "keras.callbacks.TerminateOnNaN().")
+      logging.warning("EPICallback: no finite %s scores this interval; the "
+                      "plan ranks filter magnitudes instead.", self.criterion)
+      self.importance = scores
+    return scores
+
   def _install_gradient_hook(self):
-    """Wraps the optimizer's `apply` to see the train step's gradients."""
-    optimizer = self.model.optimizer
-    inner = getattr(optimizer, "inner_optimizer", optimizer)  # loss scaling
-    original = inner.apply
-    callback = self
+    """Taps the train step's gradients (Taylor scores, Early-Bird's L1)."""
     gammas = set()
     if self.policy == "early_bird":
       for g in self._groups:
@@ -382,31 +494,27 @@ class EPICallback(keras.callbacks.Callback):
           if isinstance(layer, keras.layers.BatchNormalization) and \
               getattr(layer, "gamma", None) is not None:
             gammas.add(id(layer.gamma))
+    callback = weakref.ref(self)
 
-    def apply(grads, trainable_variables=None):
-      variables = (trainable_variables if trainable_variables is not None
-                   else internals.optimizer_variables_to_train(inner))
-      grads = list(grads)
-      if not callback.pruned:
-        if callback._scorer is not None:  # pylint: disable=protected-access
-          callback._scorer.update(grads, variables)  # pylint: disable=protected-access
-        if gammas and callback.early_bird_penalty:
-          grads = [g + callback.early_bird_penalty * tf.sign(v.value)
-                   if id(v) in gammas and g is not None else g
-                   for g, v in zip(grads, variables)]
-      return original(grads, trainable_variables)
+    def on_gradients(grads, variables):
+      cb = callback()
+      if cb is None or cb.pruned:
+        return grads
+      if cb._scorer is not None:  # pylint: disable=protected-access
+        cb._scorer.update(grads, variables)  # pylint: disable=protected-access
+      if gammas and cb.early_bird_penalty:
+        grads = [g + cb.early_bird_penalty * tf.sign(v.value)
+                 if id(v) in gammas and g is not None else g
+                 for g, v in zip(grads, variables)]
+      return grads
 
-    inner.apply = apply
-    self._hook = inner
-    # fit() made its train function before on_train_begin; trace it again so
-    # the hook is in the graph.
-    self.model.make_train_function(force=True)
+    self._hook = GradientTap(self.model, on_gradients)
+    self._hook.install()
 
   def _remove_gradient_hook(self):
     if self._hook is not None:
-      del self._hook.apply  # the class method shows through again
+      self._hook.remove()
       self._hook = None
-      self.model.make_train_function(force=True)
 
   # -- pruning --------------------------------------------------------------
 
@@ -477,14 +585,13 @@ class EPICallback(keras.callbacks.Callback):
           macs_before / 1e9, macs_after / 1e9, 100 * macs_after / macs_before,
           model.count_params(), self.pruned_model.count_params(), changes,
           ", ..." if len(self._groups) > 8 else "")
+    self._remove_gradient_hook()  # scoring is over: plain train steps
     if self._stop_on_prune:
       model.stop_training = True
-    elif self._hook is not None:
-      self.model.make_train_function(force=True)  # drop scoring from steps
 
   def _start_masking(self):
-    self._masks = channel_masks(self.model, self._analysis, self.keep)
-    self._apply_masks = _make_mask_function(self._masks)
+    self._masks = masking.channel_masks(self.model, self._analysis, self.keep)
+    self._apply_masks = masking.make_mask_function(self._masks)
     self._apply_masks()
 
   # -- checkpointable state (BackupAndRestore-style resumption) --------------
@@ -543,76 +650,147 @@ class EPICallback(keras.callbacks.Callback):
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
-def channel_masks(model, analysis, keep):
-  """[(variable, mask)] that zeroes the removed channels of every member.
+# The EPICallback in a fit of each model, to refuse a second one.
+_RUNNING = weakref.WeakKeyDictionary()
 
-  The masks cover the producing kernels and biases, depthwise kernels and
-  BatchNormalization gamma, beta and moving mean of every layer that carries
-  a removed channel at its output, and the optimizer slots of those weights.
-  Masks have broadcastable shapes (one entry per output channel).
+
+def _is_integer(value):
+  return isinstance(value, numbers.Integral) and not isinstance(
+      value, (bool, np.bool_))
+
+
+def _integer(name, value, minimum, context=""):
+  """`value` as an int (NumPy integers too), or a ValueError naming it."""
+  if not _is_integer(value) or value < minimum:
+    raise ValueError(f"`{name}` must be an integer >= {minimum}{context}, "
+                     f"received {name}={value!r}.")
+  return int(value)
+
+
+def _number(name, value, interval):
+  """`value` as a float in `interval` ("(0, 1)", "(0, 1]", "[0, inf)"), or a
+  ValueError naming it. NumPy scalars are numbers; strings and bools not."""
+  low, high = (float(v) for v in interval[1:-1].split(", "))
+  ok = (isinstance(value, numbers.Real) and
+        not isinstance(value, (bool, np.bool_)) and
+        (low < value if interval[0] == "(" else low <= value) and
+        (value < high if interval[-1] == ")" else value <= high))
+  if not ok:
+    raise ValueError(f"`{name}` must be a number in {interval}, received "
+                     f"{name}={value!r}.")
+  return float(value)
+
+
+def _boolean(name, value):
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"`{name}` must be True or False, received "
+                     f"{name}={value!r}.")
+  return bool(value)
+
+
+def _finite(scores):
+  return all(np.isfinite(v).all() for v in scores.values())
+
+
+def _is_frozen(layer):
+  """A layer with weights that are not trained (``trainable=False``).
+  `layer` may be None: a layer a composite layer makes in its `call`."""
+  return layer is not None and bool(layer.weights) and not layer.trainable
+
+
+# Re-exported: the masks used to live here.
+channel_masks = masking.channel_masks
+
+
+class GradientTap:
+  """Sees the gradients of `model.fit`'s train step, for one fit at most.
+
+  The tap wraps the optimizer's `apply` *only while the train function runs*
+  (a context manager around each call, so an exception or a
+  `KeyboardInterrupt` anywhere cannot leave the wrapper behind), and the
+  train function it wraps is traced with the wrapper in its graph. Each train
+  step needs a lease (`grant`, from the owning callback's
+  `on_train_batch_begin`): a step without one belongs to a later `fit` that
+  the callback is not part of (the one that installed the tap ended with an
+  exception, which Keras' `fit` does not report to callbacks), so the tap
+  removes itself and the step runs the plain train function. The owner is
+  held weakly by `on_gradients`, so the tap never outlives it.
+
+  Args:
+    model: The compiled model whose train steps are tapped.
+    on_gradients: ``on_gradients(grads, variables) -> grads``, called while
+      the train step traces (its TensorFlow ops become part of the step).
   """
-  plan = plan_lib.ResolvedPlan(analysis, keep)
-  masks = []
-  for call in analysis.calls.values():
-    if not isinstance(call.op, keras.layers.Layer) or not call.outs:
-      continue
-    alive = plan.masks(call)["out"]
-    if alive.all():
-      continue
-    for weight in call.op.weights:
-      if weight.name == "moving_variance":
-        continue
-      axis = call.rule.output_axis(weight.name)
-      if axis is None:
-        continue
-      shape = list(weight.shape)
-      if axis == "depthwise":
-        mask = alive.reshape(shape[-2], shape[-1])
-        mask = mask.reshape([1] * (len(shape) - 2) + shape[-2:])
+
+  def __init__(self, model, on_gradients):
+    self.model = model
+    self.on_gradients = on_gradients
+    optimizer = model.optimizer
+    self._optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    self._leased = False
+    self._installed = False
+    self._train_function = None  # our wrapper, while installed
+
+  def install(self):
+    """Retraces the model's train function with the tap in it."""
+    self._installed = True
+    self._leased = False
+    self.model.make_train_function(force=True)
+    traced = self.model.train_function
+    tap = self
+
+    def train_function(iterator):
+      if not (tap._installed and tap._leased):  # pylint: disable=protected-access
+        tap.remove()  # a stale tap: the fit that installed it is over
+        return tap.model.train_function(iterator)
+      tap._leased = False  # pylint: disable=protected-access
+      with tap.tapping():
+        return traced(iterator)
+
+    self._train_function = train_function
+    self.model.train_function = train_function
+
+  def grant(self):
+    """Lets the next train step run tapped (one lease per train-function
+    call; call it from `on_train_batch_begin`)."""
+    self._leased = True
+
+  @property
+  def installed(self):
+    return self._installed
+
+  def remove(self):
+    """Restores plain train steps. Idempotent."""
+    if not self._installed:
+      return
+    self._installed = False
+    self._leased = False
+    if self.model.train_function is self._train_function:
+      self.model.make_train_function(force=True)
+    self._train_function = None
+
+  @contextlib.contextmanager
+  def tapping(self):
+    """The optimizer's `apply` wrapped, for the body of the `with`."""
+    inner = self._optimizer
+    previous = vars(inner).get("apply")
+    original = inner.apply
+    on_gradients = self.on_gradients
+
+    def apply(grads, trainable_variables=None):
+      variables = (trainable_variables if trainable_variables is not None
+                   else internals.optimizer_variables_to_train(inner))
+      grads = on_gradients(list(grads), list(variables))
+      return original(grads, trainable_variables)
+
+    inner.apply = apply
+    try:
+      yield
+    finally:
+      if previous is None:
+        vars(inner).pop("apply", None)
       else:
-        if shape[axis] != len(alive):
-          continue
-        mask_shape = [1] * len(shape)
-        mask_shape[axis] = len(alive)
-        mask = alive.reshape(mask_shape)
-      masks.append((weight, mask))
-  optimizer = getattr(model, "optimizer", None)
-  if optimizer is not None:
-    masks.extend(_slot_masks(optimizer, masks))
-  return masks
-
-
-def _slot_masks(optimizer, masks):
-  """Masks for the optimizer variables (momentum, Adam slots) of `masks`."""
-  inner = getattr(optimizer, "inner_optimizer", optimizer)
-  by_prefix = {}
-  for weight, mask in masks:
-    if hasattr(weight, "path"):
-      by_prefix[weight.path.replace("/", "_") + "_"] = (weight, mask)
-  out = []
-  for variable in inner.variables:
-    name = variable.name
-    best = None
-    for prefix in by_prefix:
-      if name.startswith(prefix) and (best is None or len(prefix) > len(best)):
-        best = prefix
-    if best is None:
-      continue
-    weight, mask = by_prefix[best]
-    if tuple(variable.shape) == tuple(weight.shape):
-      out.append((variable, mask))
-  return out
-
-
-def _make_mask_function(masks):
-  pairs = [(v, tf.constant(m, dtype=v.dtype)) for v, m in masks]
-
-  @tf.function
-  def apply_masks():
-    for variable, mask in pairs:
-      variable.assign(variable * mask)
-
-  return apply_masks
+        inner.apply = previous
 
 
 def _batchnorm_gamma_scores(model, groups):
@@ -624,7 +802,7 @@ def _batchnorm_gamma_scores(model, groups):
       layer = graph.layer_at(model, path)
       if isinstance(layer, keras.layers.BatchNormalization) and \
           getattr(layer, "gamma", None) is not None:
-        gamma = np.abs(keras.ops.convert_to_numpy(layer.gamma))[positions]
-        total += gamma.sum(axis=1) if gamma.ndim == 2 else gamma
+        total += importance_lib.gather_channels(
+            np.abs(keras.ops.convert_to_numpy(layer.gamma)), positions)
     scores[g.name] = total
   return scores

@@ -56,6 +56,10 @@ def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
     raise ValueError("keras_epi.fit needs a compiled model: call "
                      "model.compile(...) first.")
   epi = epi[0]
+  # The EPICallback first, so that every other callback (CSVLogger,
+  # TensorBoard, EarlyStopping) sees the values it adds to the epoch's logs.
+  callbacks.remove(epi)
+  callbacks.insert(0, epi)
   history_cb = _history_of(callbacks)
   if epi.backup_dir is None:
     for c in callbacks:
@@ -65,6 +69,7 @@ def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
   epi._stop_on_prune = True  # pylint: disable=protected-access
   epi._continuing = False  # pylint: disable=protected-access
   multi_worker_fit_workaround(model)
+  appending = []  # CSVLoggers switched to append for the pruned fit
   try:
     if saved is not None and saved["prune_epoch"] is not None:
       # Resuming a run interrupted after the prune: rebuild the pruned model
@@ -82,6 +87,13 @@ def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
         return model, history_cb
       first = {k: list(v) for k, v in history_cb.history.items()}
       first_epochs = list(history_cb.epoch)
+      # The dense model's checkpoint must not be loaded into the pruned one
+      # (BackupAndRestore(delete_checkpoint=False) keeps it).
+      for c in callbacks:
+        if isinstance(c, keras.callbacks.BackupAndRestore):
+          for path in internals.backup_and_restore_files(c):
+            if tf.io.gfile.exists(path):
+              tf.io.gfile.remove(path)
     if epi.prune_epoch >= epochs:
       return epi.pruned_model, history_cb
     pruned = epi.pruned_model
@@ -94,11 +106,19 @@ def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
     start = epi.prune_epoch
     dense_epochs = max(start - initial_epoch, 0)
     history_cb.history = {k: v[:dense_epochs] for k, v in first.items()}
+    # A CSVLogger goes on in the same file rather than starting it again.
+    for c in callbacks:
+      if isinstance(c, keras.callbacks.CSVLogger) and not c.append:
+        c.append = True
+        appending.append(c)
     pruned.fit(x, y, callbacks=callbacks, epochs=epochs, initial_epoch=start,
                **kwargs)
   finally:
+    epi.close()  # the gradient tap goes, whatever ended the fit
     epi._stop_on_prune = False  # pylint: disable=protected-access
     epi._continuing = False  # pylint: disable=protected-access
+    for c in appending:
+      c.append = False
   history_cb.epoch = first_epochs[:dense_epochs] + list(history_cb.epoch)
   return pruned, history_cb
 
@@ -212,5 +232,9 @@ def transfer_optimizer_state(old, new, surgeon):
     for a, b in zip(old.variables, new.variables):
       if tuple(a.shape) == tuple(b.shape) and a.name == b.name:
         b.assign(keras.ops.convert_to_numpy(a))
-  new.iterations.assign(np.asarray(keras.ops.convert_to_numpy(
-      old.iterations)))
+  # The step counter ("iteration") was copied with the variables above. With
+  # `gradient_accumulation_steps`, `iterations` is a tensor computed from it.
+  iterations = new.iterations
+  if hasattr(iterations, "assign"):
+    iterations.assign(np.asarray(keras.ops.convert_to_numpy(
+        old.iterations)))

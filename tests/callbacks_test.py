@@ -239,7 +239,7 @@ def test_resume_with_backup_and_restore(tmp_path):
     (dict(criterion="l1"), "`criterion` must be one of"),
     (dict(policy="lottery"), "`policy` must be one of"),
     (dict(window=0), "`window` must be an integer >= 1"),
-    (dict(threshold=2.0), r"`threshold` must be in \(0, 1\]"),
+    (dict(threshold=2.0), r"`threshold` must be a number in \(0, 1\]"),
     (dict(policy="fixed"), "`prune_epoch` must be an integer >= 0"),
     (dict(prune_epoch=3), "`prune_epoch` is only used with policy='fixed'"),
     (dict(prune_by=0), "`prune_by` must be None or an integer >= 1"),
@@ -307,3 +307,112 @@ def test_gradual_pruning_with_keras_epi_fit():
                                  verbose=0, callbacks=[cb])
   assert cb.prune_epoch == 2 and history.epoch == [0, 1, 2, 3]
   assert keras_epi.count_macs(final) < keras_epi.count_macs(model)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(threshold="0.9"), r"`threshold` must be a number in \(0, 1\]"),
+    (dict(window=True), "`window` must be an integer >= 1"),
+    (dict(window=2.0), "`window` must be an integer >= 1"),
+    (dict(keep_stem="no"), "`keep_stem` must be True or False"),
+    (dict(keep_residual=1), "`keep_residual` must be True or False"),
+    (dict(prune_frozen="yes"), "`prune_frozen` must be True or False"),
+    (dict(backup_dir=123), "`backup_dir` must be None or a directory path"),
+    (dict(policy="early_bird", early_bird_distance=0.0),
+     r"`early_bird_distance` must be a number in \(0, 1\]"),
+    (dict(policy="early_bird", early_bird_distance=1.5),
+     r"`early_bird_distance` must be a number in \(0, 1\]"),
+    (dict(early_bird_penalty="1e-4"),
+     r"`early_bird_penalty` must be a number in \[0, inf\)"),
+    (dict(early_bird_penalty=-1.0),
+     r"`early_bird_penalty` must be a number in \[0, inf\)"),
+    (dict(prune_ratio=True), r"`prune_ratio` must be a number in \(0, 1\)"),
+    (dict(min_channels=True), "`min_channels` must be an integer >= 1"),
+    (dict(init_steps=2.5), "`init_steps` must be an integer >= 1"),
+    (dict(policy="fixed", prune_epoch=1.0),
+     "`prune_epoch` must be an integer >= 0"),
+    (dict(ignore=[3]), "`ignore` must be a collection of layer names"),
+])
+def test_wrong_types_are_rejected_with_the_argument_named(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    keras_epi.EPICallback(**kwargs)
+
+
+def test_numpy_scalars_are_accepted_wherever_python_numbers_are():
+  model = make_model()
+  x, y = make_data(64)
+  cb = keras_epi.EPICallback(
+      prune_ratio=np.float32(0.5), window=np.int64(3),
+      threshold=np.float64(0.9), policy="fixed", prune_epoch=np.int64(1),
+      min_channels=np.int64(2), round_to=np.int32(2),
+      init_steps=np.int64(3), gradual_steps=np.int64(1),
+      keep_stem=np.bool_(True), early_bird_penalty=np.float32(1e-4),
+      early_bird_distance=np.float32(0.2))
+  assert type(cb.prune_ratio) is float and type(cb.window) is int  # pylint: disable=unidiomatic-typecheck
+  model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[cb])
+  assert cb.prune_epoch == 1
+  assert all(len(v) % 2 == 0 for v in cb.keep.values())
+  keras_epi.EPICallback(prune_by=np.int64(3))
+  keras_epi.EarlyPruningIndicator(window=np.int64(2),
+                                  threshold=np.float32(0.9))
+
+
+def test_min_channels_that_prunes_nothing_is_warned_about():
+  model = make_model()
+  x, y = make_data(64)
+  cb = keras_epi.EPICallback(prune_ratio=0.5, policy="fixed", prune_epoch=1,
+                             min_channels=16)
+  with pytest.warns(UserWarning, match="min_channels=16 is at least the "
+                    "size of every prunable group"):
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+
+
+def test_pruning_at_init_after_more_steps_than_an_epoch_is_refused():
+  model = make_model()
+  x, y = make_data(64)  # 2 steps per epoch
+  cb = keras_epi.EPICallback(prune_ratio=0.5, policy="fixed", prune_epoch=0,
+                             init_steps=5)
+  with pytest.raises(ValueError, match=r"`init_steps`=5 is longer than an "
+                     r"epoch \(2 steps\)"):
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[cb])
+  assert "apply" not in vars(model.optimizer)
+
+
+def test_select_channels_refuses_scores_that_are_not_a_mapping():
+  model = make_model()
+  scores = [np.ones(g.size) for g in keras_epi.channel_groups(model)]
+  with pytest.raises(ValueError, match=r"`scores` must be a mapping "
+                     r"\{group name: array"):
+    keras_epi.select_channels(model, scores, 0.5)
+
+
+def _frozen_c1_model():
+  model = make_model()
+  model.get_layer("c1").trainable = False  # fine-tuning with a frozen layer
+  model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  return model
+
+
+def test_frozen_layers_are_kept_whole_by_default():
+  model = _frozen_c1_model()
+  x, y = make_data(64)
+  cb = keras_epi.EPICallback(prune_ratio=0.5, policy="fixed", prune_epoch=1)
+  model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+  assert cb.frozen_groups == ("c1",)
+  assert "c1" not in cb.keep and "c1" not in cb.importance
+  assert cb.pruned_model.get_layer("c1").filters == 16
+  # The budget is met on the trainable groups: half of c2 + short's 16.
+  assert sum(len(v) for v in cb.keep.values()) == 8
+  np.testing.assert_array_equal(
+      keras.ops.convert_to_numpy(cb.pruned_model.get_layer("c1").kernel),
+      keras.ops.convert_to_numpy(model.get_layer("c1").kernel))
+
+
+def test_prune_frozen_prunes_frozen_layers_too():
+  model = _frozen_c1_model()
+  x, y = make_data(64)
+  cb = keras_epi.EPICallback(prune_ratio=0.5, policy="fixed", prune_epoch=1,
+                             criterion="magnitude", prune_frozen=True)
+  model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+  assert cb.frozen_groups == () and "c1" in cb.keep
+  assert cb.pruned_model.get_layer("c1").filters < 16

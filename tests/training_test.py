@@ -1,5 +1,7 @@
 """Tests of keras_epi.fit: training continues on the pruned model."""
 
+import csv
+
 import keras
 import numpy as np
 import pytest
@@ -118,3 +120,56 @@ def test_fit_argument_errors():
                                  keras.layers.Dense(2)])
   with pytest.raises(ValueError, match="compiled model"):
     keras_epi.fit(uncompiled, x, y, callbacks=[keras_epi.EPICallback()])
+
+
+def test_gradient_accumulation_carries_the_step_and_the_accumulators():
+  model = make_model(optimizer=keras.optimizers.Adam(
+      1e-3, gradient_accumulation_steps=2))
+  x, y = make_data()  # 8 steps per epoch
+  cb = keras_epi.EPICallback(prune_ratio=0.5, policy="fixed", prune_epoch=1)
+  final, history = keras_epi.fit(model, x, y, epochs=3, batch_size=32,
+                                 verbose=0, callbacks=[cb])
+  assert final is cb.pruned_model and history.epoch == [0, 1, 2]
+  # 24 train steps, one update every 2 of them.
+  assert int(final.optimizer.iterations.numpy()) == 12
+  width = final.get_layer("c1").filters
+  accumulators = [v for v in final.optimizer.variables
+                  if v.name.startswith("c1_kernel_gradient_accumulator")]
+  assert accumulators and accumulators[0].shape[-1] == width
+
+
+@pytest.mark.parametrize("delete_checkpoint", [True, False])
+def test_backup_and_restore_keeps_or_deletes_its_checkpoint(
+    tmp_path, delete_checkpoint):
+  model = make_model()
+  x, y = make_data(64)
+  backup = str(tmp_path / "backup")
+  cb = keras_epi.EPICallback(prune_ratio=0.5, policy="fixed", prune_epoch=1)
+  final, history = keras_epi.fit(
+      model, x, y, epochs=3, batch_size=32, verbose=0, callbacks=[
+          cb, keras.callbacks.BackupAndRestore(
+              backup, delete_checkpoint=delete_checkpoint)])
+  assert history.epoch == [0, 1, 2] and final.get_layer("c1").filters < 16
+  assert int(final.optimizer.iterations.numpy()) == 3 * 2
+  if not delete_checkpoint:  # the checkpoint left is the pruned model's
+    restored = keras_epi.prune_model(make_model(seed=4), cb.keep)
+    restored.load_weights(str(tmp_path / "backup" / "latest.weights.h5"))
+    for a, b in zip(restored.get_weights(), final.get_weights()):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_csv_logger_has_every_epoch_with_the_epi_columns(tmp_path):
+  model = make_model()
+  x, y = make_data(64)
+  path = str(tmp_path / "log.csv")
+  cb = keras_epi.EPICallback(prune_ratio=0.5, window=1, threshold=0.5,
+                             prune_by=2)
+  # The CSVLogger first: it must still see the values EPICallback adds.
+  keras_epi.fit(model, x, y, epochs=4, batch_size=32, verbose=0,
+                callbacks=[keras.callbacks.CSVLogger(path), cb])
+  with open(path) as f:
+    rows = list(csv.DictReader(f))
+  assert cb.prune_epoch is not None and 1 <= cb.prune_epoch < 4
+  assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+  assert all(r["epi"] not in ("", "NA") for r in rows)
+  assert all(r["kept_fraction"] not in ("", "NA") for r in rows)
