@@ -9,6 +9,10 @@ over epochs with the threshold, widths before/after), checkpoints (backup/
 while training, final.keras), and the final model as a TF SavedModel under
 saved_model/ whose `serve` endpoint takes raw uint8 images. The export is
 verified by reloading it with `tf.saved_model.load` and comparing outputs.
+With --export_tflite it also writes model.tflite (float32) and
+model_dynamic.tflite (dynamic-range quantised) with keras_epi.export_tflite:
+uint8 images in, logits out, BatchNormalization folded, each checked in the
+TFLite interpreter on the same test images.
 
 Distribution: --strategy=mirrored uses every local GPU (MirroredStrategy);
 --strategy=multi_worker runs MultiWorkerMirroredStrategy over the workers of
@@ -104,6 +108,11 @@ _MAX_TRAIN_EXAMPLES = flags.DEFINE_integer(
 _VALIDATION_EXAMPLES = flags.DEFINE_integer(
     "validation_examples", 0,
     "Held out of the training split for validation (threshold tuning).")
+_EXPORT_TFLITE = flags.DEFINE_bool(
+    "export_tflite", False,
+    "Also write model.tflite (float32) and model_dynamic.tflite (dynamic-"
+    "range quantised) into --model_dir, taking uint8 images like the "
+    "SavedModel, checked against the Keras model (summary: tflite_*).")
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Output directory.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 _VERBOSE = flags.DEFINE_integer("verbose", 1,
@@ -148,6 +157,7 @@ class TrainConfig:
   mixed_precision: bool
   max_train_examples: int | None
   validation_examples: int
+  export_tflite: bool
   model_dir: str
   seed: int
   verbose: int
@@ -261,6 +271,29 @@ def export_saved_model(model, path, dataset, image_size, sample):
     want = np.asarray(serve(tf.constant(sample[:n]))["logits"])
     errors.append(float(np.max(np.abs(got - want))))
   return max(errors)
+
+
+def export_tflite(model, model_dir, dataset, image_size, sample):
+  """Writes model.tflite (float32) and model_dynamic.tflite: uint8 images ->
+  logits, the preprocessing of the SavedModel's `serve` included. Each is
+  checked on `sample` against the Keras model (the float one fails beyond
+  float rounding; the quantised one is measured). Returns summary fields."""
+  images = keras.Input(sample.shape[1:], dtype="uint8", name="images")
+  normalised = keras.layers.Lambda(
+      lambda x: data_lib.preprocess(x, dataset.mean, dataset.std, image_size),
+      name="preprocess")(images)
+  deployable = keras.Model(images, model(normalised), name="deployable")
+  fields = {}
+  for kind, filename, quantize in (("float", "model.tflite", None),
+                                   ("dynamic", "model_dynamic.tflite",
+                                    "dynamic")):
+    path = os.path.join(model_dir, filename)
+    error = keras_epi.export_tflite(deployable, path, quantize=quantize,
+                                    check_data=sample)
+    fields.update({f"tflite_{kind}": path,
+                   f"tflite_{kind}_bytes": os.path.getsize(path),
+                   f"tflite_{kind}_max_abs_error": error})
+  return fields
 
 
 def plot(path, epi, threshold, dense_sizes):
@@ -415,6 +448,15 @@ def main(argv):
       "saved_model_max_abs_error": export_error,
       "replicas": strategy.num_replicas_in_sync,
   }
+  if config.export_tflite:
+    summary.update(export_tflite(final, model_dir, dataset, image_size,
+                                 sample))
+    logging.info("TFLite: %s (%d bytes, max |tflite - keras| %.1e), %s (%d "
+                 "bytes, %.1e).", summary["tflite_float"],
+                 summary["tflite_float_bytes"],
+                 summary["tflite_float_max_abs_error"],
+                 summary["tflite_dynamic"], summary["tflite_dynamic_bytes"],
+                 summary["tflite_dynamic_max_abs_error"])
   with open(os.path.join(model_dir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   if epi is not None:

@@ -18,6 +18,7 @@ Public API:
 from keras_epi.budget import count_macs
 from keras_epi.budget import select_channels
 from keras_epi.callbacks import EPICallback
+from keras_epi.export import export_tflite
 from keras_epi.export import fold_batchnorm
 from keras_epi.graph import ChannelGroup
 from keras_epi.graph import channel_groups
@@ -39,6 +40,7 @@ __all__ = [
     "LayerRule",
     "channel_groups",
     "count_macs",
+    "export_tflite",
     "fit",
     "fold_batchnorm",
     "magnitude_importance",

@@ -29,7 +29,7 @@ def quick_run(tmp_path_factory, fashion_mnist_dir):
   model_dir = str(tmp_path_factory.mktemp("run"))
   result = run_train(f"--model_dir={model_dir}", "--policy=fixed",
                      "--prune_epoch=1", "--prune_ratio=0.5", *_QUICK,
-                     f"--data_dir={fashion_mnist_dir}")
+                     f"--data_dir={fashion_mnist_dir}", "--export_tflite")
   assert result.returncode == 0, result.stderr[-4000:]
   return model_dir, result
 
@@ -73,6 +73,40 @@ def test_saved_model_serves_uint8_and_matches_the_keras_model(
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0,
                              rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+def test_tflite_files_match_the_saved_model(quick_run, fashion_mnist_dir):
+  model_dir, _ = quick_run
+  with open(os.path.join(model_dir, "summary.json")) as f:
+    summary = json.load(f)
+  for kind, name in (("float", "model.tflite"),
+                     ("dynamic", "model_dynamic.tflite")):
+    path = os.path.join(model_dir, name)
+    assert summary[f"tflite_{kind}"] == path
+    assert summary[f"tflite_{kind}_bytes"] == os.path.getsize(path)
+  # About 4 bytes a parameter of the pruned model, and int8 weights.
+  assert (4 * summary["params_final"] < summary["tflite_float_bytes"] <
+          4 * summary["params_final"] + 100_000)
+  assert summary["tflite_dynamic_bytes"] < 0.5 * summary["tflite_float_bytes"]
+  assert 0 <= summary["tflite_float_max_abs_error"] <= 1e-4
+  assert (summary["tflite_float_max_abs_error"] <
+          summary["tflite_dynamic_max_abs_error"] < 1.0)
+  # Like the SavedModel, model.tflite takes uint8 images: same logits.
+  sys.path.insert(0, os.path.join(_ROOT, "examples"))
+  import data as data_lib  # pylint: disable=g-import-not-at-top
+  dataset = data_lib.load("fashion_mnist", data_dir=fashion_mnist_dir,
+                          max_train_examples=512)
+  images = next(iter(dataset.test.batch(5)))[0].numpy()
+  served = tf.saved_model.load(os.path.join(model_dir, "saved_model"))
+  want = served.serve(tf.constant(images))["logits"].numpy()
+  interpreter = tf.lite.Interpreter(
+      model_path=os.path.join(model_dir, "model.tflite"))
+  runner = interpreter.get_signature_runner("serving_default")
+  for n in (1, 5):
+    got = runner(images=images[:n])["output_0"]
+    np.testing.assert_allclose(got, want[:n], rtol=1e-5,
+                               atol=1e-5 * np.abs(want).max())
 
 
 def test_prune_event_is_logged(quick_run):
