@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts: machine facts and epoch timing."""
 
+import json
 import os
 import platform
 import subprocess
@@ -86,3 +87,15 @@ def epoch_timer(callback_class):
       self.cpu_seconds.append(time.process_time() - self._start[1])
 
   return EpochTimer()
+
+
+def write_results(output_dir, name, results, markdown):
+  """Writes ``{name}.json`` (results) and ``{name}.md`` (markdown text) into
+  `output_dir`, and prints the markdown."""
+  os.makedirs(output_dir, exist_ok=True)
+  with open(os.path.join(output_dir, name + ".json"), "w") as f:
+    json.dump(results, f, indent=2, default=str)
+    f.write("\n")
+  with open(os.path.join(output_dir, name + ".md"), "w") as f:
+    f.write(markdown)
+  print(markdown)

@@ -6,8 +6,6 @@ are where keras_epi reads them. Each names the attribute it reads, so a Keras
 upgrade that moves one breaks here and nowhere else.
 """
 
-import keras
-
 
 def history(tensor):
   """``(operation, node_index, tensor_index)`` that made a KerasTensor."""
@@ -77,10 +75,6 @@ def remove_nodes(op, node_ids):
     nodes = getattr(op, name, None)
     if nodes:
       nodes[:] = [n for n in nodes if id(n) not in node_ids]
-
-
-def is_symbolic(value):
-  return isinstance(value, keras.KerasTensor)
 
 
 def stateless_copy(layer):

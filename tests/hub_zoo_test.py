@@ -13,7 +13,8 @@ from tests import oracle
 # oracle; training a few keeps the suite within its time budget).
 _TRAINED = ("ResNetClassifier", "MobileNetClassifier",
             "EfficientNetClassifier", "HGNetV2Classifier", "CSPNetCs3Edge",
-            "DeepLabV3Segmenter", "RetinaNet", "BASNet")
+            "DenseNet", "VGG", "Xception", "DeepLabV3Segmenter", "RetinaNet",
+            "BASNet")
 
 
 def _build(name):
