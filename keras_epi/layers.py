@@ -487,6 +487,18 @@ def _ops_expand_squeeze_flow(op, call):
   return [call.fixed(_width(out_shape))]
 
 
+def _ops_reshape_flow(op, call):
+  """keras.ops.reshape keeps its `newshape` when the graph is rebuilt: only
+  a reshape that leaves the channel axis to Keras (-1 last, channels kept)
+  passes channels; others keep them whole."""
+  newshape = op.newshape if isinstance(op.newshape, (list, tuple)) else ()
+  x = call.inputs[0]
+  if (newshape and newshape[-1] == -1 and
+      call.output_shapes[0][-1] == call.input_shapes[0][-1] == len(x)):
+    return [x]
+  return _fixed_flow(op, call)
+
+
 def _ops_transpose_flow(op, call):
   axes = op.axes
   ndim = len(call.input_shapes[0]) + 1
@@ -722,7 +734,7 @@ def _register_builtins():  # pylint: disable=too-many-statements
   add((_op_class(keras.ops.image.resize, image, (2, 2)),),
       LayerRule(ELEMENTWISE))
   add((_op_class(keras.ops.reshape, x, (-1, 16)),),
-      LayerRule(_reshape_flow))
+      LayerRule(_ops_reshape_flow))
 
 
 @functools.lru_cache(maxsize=None)

@@ -354,3 +354,13 @@ def test_every_public_keras_layer_has_a_rule():
              issubclass(getattr(keras.layers, name), keras.layers.Layer) and
              layers_lib.rule_for(getattr(keras.layers, name)) is None]
   assert sorted(missing) == ["InputLayer", "Lambda", "Layer"]
+
+
+def test_ops_reshape_with_a_fixed_newshape_keeps_channels_whole():
+  # keras.ops.reshape keeps its literal newshape in a rebuilt graph, so the
+  # channels it reshapes must not change.
+  x = keras.Input((4, 4, 3))
+  h = L.Conv2D(6, 1, name="a")(x)
+  model = keras.Model(x, L.Dense(2)(keras.ops.reshape(h, (-1, 96))))
+  assert keras_epi.channel_groups(model) == []
+  assert keras_epi.count_macs(model) == 16 * 3 * 6 + 96 * 2
