@@ -5,7 +5,10 @@ Public API:
   prune_model: physically remove channels, keeping every surviving weight.
   count_macs: multiply-accumulates for one example.
   magnitude_importance: filter-norm scores per group.
-  select_channels: the dominant sub-network under a neuron or MAC budget.
+  select_channels: the dominant sub-network under a neuron, MAC or latency
+    budget.
+  LatencyTable: measured per-layer latency at a grid of widths; predicts a
+    plan's latency.
   EPICallback: scoring, the Early Pruning Indicator and pruning in model.fit.
   fit: model.fit that continues training on the pruned model.
   EarlyPruningIndicator, EarlyBirdIndicator: the stability indicators.
@@ -25,6 +28,7 @@ from keras_epi.graph import channel_groups
 from keras_epi.importance import magnitude_importance
 from keras_epi.indicators import EarlyBirdIndicator
 from keras_epi.indicators import EarlyPruningIndicator
+from keras_epi.latency import LatencyTable
 from keras_epi.layers import LayerRule
 from keras_epi.layers import register_layer
 from keras_epi.layers import unregister_layer
@@ -37,6 +41,7 @@ __all__ = [
     "EPICallback",
     "EarlyBirdIndicator",
     "EarlyPruningIndicator",
+    "LatencyTable",
     "LayerRule",
     "channel_groups",
     "count_macs",

@@ -8,18 +8,21 @@ element-wise merges are not counted (they are a few percent of a CNN's MACs and
 are not multiply-accumulates); this is the convention of most pruning papers.
 
 `select_channels` forms the *dominant sub-network* of EPI: the channels that
-pruning now would keep, ranked globally across groups.
+pruning now would keep, ranked globally across groups, under a budget of
+neurons, MACs or predicted latency (`keras_epi.LatencyTable`).
 """
 
 import collections.abc
+import functools
 import numbers
 
 import numpy as np
 
 from keras_epi import graph
+from keras_epi import latency as latency_lib
 from keras_epi import plan as plan_lib
 
-BUDGETS = ("neurons", "macs")
+BUDGETS = ("neurons", "macs", "latency")
 
 
 def count_macs(model):
@@ -47,7 +50,7 @@ def count_macs(model):
 
 def select_channels(model, scores, ratio, *, budget="neurons", ignore=(),
                     min_channels=1, round_to=1, keep_stem=True,
-                    keep_residual=False):
+                    keep_residual=False, latency_table=None):
   """The channels to keep: a global ranking of scores under a budget.
 
   All channels of the scored groups are ranked together by score; the lowest
@@ -60,13 +63,29 @@ def select_channels(model, scores, ratio, *, budget="neurons", ignore=(),
   of every group is rounded to the nearest multiple of `round_to` (widths that
   suit vectorised kernels), keeping the highest-scored channels.
 
+  ``budget="latency"`` removes channels until the latency that
+  `latency_table` predicts (`keras_epi.LatencyTable.predict`, its `fixed`
+  term included) is at most ``(1 - ratio)`` of the dense model's: ``ratio=0.5``
+  asks for a predicted 2x. Channels are then ranked by importance per unit
+  of latency, the greedy order of HALP's knapsack (Shen et al., NeurIPS
+  2022): each score is divided by its group's latency per channel, ``(T(dense)
+  - T(group at half width)) / (channels removed)`` as the table predicts with
+  every other group whole (a choice: one fixed price per group, not
+  re-estimated as other groups shrink). Within a group the order is the
+  scores'. The kept widths are found by a binary search on the predicted
+  latency, so the result meets the target (rounding included) and removes
+  no more than it needs to. A target that the smallest plan cannot meet
+  (every group at `min_channels` or `round_to`, groups kept whole, the fixed
+  term) is a `ValueError` that states the largest reachable `ratio`; the
+  plan is never silently smaller than asked.
+
   Args:
     model: The model the groups were computed on.
     scores: ``{group name: array of group.size scores}``, higher is more
       important (e.g. from `keras_epi.magnitude_importance`). Groups not in
       `scores` stay whole.
     ratio: Fraction of the budget to remove, in (0, 1).
-    budget: "neurons" or "macs".
+    budget: "neurons", "macs" or "latency".
     ignore: The `ignore` given to `keras_epi.channel_groups`.
     min_channels: Minimum channels kept per group (at least 1).
     round_to: Kept widths are rounded to multiples of this (>= 1).
@@ -76,6 +95,9 @@ def select_channels(model, scores, ratio, *, budget="neurons", ignore=(),
       On CPUs, where time follows activations more than MACs, this gives
       the most speed per MAC removed in inverted-residual nets
       (benchmarks/results/inference_speed_keep_residual.md).
+    latency_table: A `keras_epi.LatencyTable` measured on `model` (or on
+      the model it was pruned from); required with ``budget="latency"``
+      and only then.
 
   Returns:
     ``{group name: sorted np.ndarray of kept indices}`` for the scored groups,
@@ -83,18 +105,29 @@ def select_channels(model, scores, ratio, *, budget="neurons", ignore=(),
 
   Raises:
     ValueError: for a ratio outside (0, 1), an unknown budget, a bad
-      `min_channels` or `round_to`, or scores that do not fit the groups.
+      `min_channels` or `round_to`, scores that do not fit the groups, a
+      missing or unneeded `latency_table`, a table without an entry for a
+      layer of the model, or a latency target that cannot be reached.
+
+  Example:
+
+  ```python
+  table = keras_epi.LatencyTable.measure(model, batch_size=8)
+  keep = keras_epi.select_channels(model, scores, 0.5, budget="latency",
+                                   latency_table=table, round_to=8)
+  ```
   """
-  _check_arguments(ratio, budget, min_channels, round_to)
+  _check_arguments(ratio, budget, min_channels, round_to, latency_table)
   return plan_channels(graph.analyze(model, ignore), scores, ratio,
                        budget=budget, min_channels=min_channels,
                        round_to=round_to, keep_stem=keep_stem,
-                       keep_residual=keep_residual)
+                       keep_residual=keep_residual,
+                       latency_table=latency_table)
 
 
 def plan_channels(analysis, scores, ratio, *, budget="neurons",
                   min_channels=1, round_to=1, keep_stem=True,
-                  keep_residual=False):
+                  keep_residual=False, latency_table=None):
   """`select_channels` on an existing graph analysis (internal)."""
   if not isinstance(scores, collections.abc.Mapping):
     raise ValueError(
@@ -125,12 +158,19 @@ def plan_channels(analysis, scores, ratio, *, budget="neurons",
                      "groups kept whole (the stem unless keep_stem=False, "
                      "residual streams if keep_residual=True).")
 
-  # Global order of removal: lowest score first; each group's best
-  # `min_channels` are never candidates.
+  cost = None
+  if budget == "latency":
+    _check_latency_table(budget, latency_table)
+    cost = _LatencyCost(analysis, latency_table, ranked, sizes)
+
+  # Global order of removal: lowest score (per unit of latency) first; each
+  # group's best `min_channels` are never candidates.
   candidates = []
   for name, order in ranked.items():
     floor = min(min_channels, sizes[name])
     values = np.asarray(scores[name], dtype=np.float64)
+    if cost is not None:
+      values = values / cost.per_channel[name]
     for index in order[floor:]:
       candidates.append((values[index], name))
   candidates.sort(key=lambda c: c[0])
@@ -149,19 +189,88 @@ def plan_channels(analysis, scores, ratio, *, budget="neurons",
   total = sum(sizes[name] for name in ranked)
   if budget == "neurons":
     return plan(min(int(round(ratio * total)), len(candidates)))
-  dense = planned_macs(analysis, {})
+  if budget == "latency":
+    measure = cost.predict
+    dense = cost.dense
+  else:
+    measure = functools.partial(planned_macs, analysis)
+    dense = planned_macs(analysis, {})
   target = (1.0 - ratio) * dense
   lo, hi = 0, len(candidates)  # find the fewest removals meeting the target
+  if budget == "latency":
+    smallest = measure(plan(hi))
+    if smallest > target:
+      raise ValueError(
+          f"budget='latency': ratio={ratio:g} asks for a predicted "
+          f"{target:.4g} s of the dense {dense:.4g} s, but the smallest "
+          f"plan predicts {smallest:.4g} s: at most ratio="
+          f"{_floor(1.0 - smallest / dense):g} of the predicted latency can "
+          f"be removed (limits: min_channels={min_channels}, round_to="
+          f"{round_to}, {len(sizes) - len(ranked)} group(s) kept whole or "
+          f"unscored, layers whose widths are fixed, and the table's fixed "
+          f"term of {latency_table.fixed:.4g} s). Ask for a smaller ratio, "
+          "or prune more groups.")
   while lo < hi:
     mid = (lo + hi) // 2
-    if planned_macs(analysis, plan(mid)) <= target:
+    if measure(plan(mid)) <= target:
       hi = mid
     else:
       lo = mid + 1
   return plan(lo)
 
 
-def _check_arguments(ratio, budget, min_channels, round_to):
+class _LatencyCost:
+  """The latency side of a latency budget over one analysis (internal).
+
+  Attributes:
+    predict: ``f(keep) -> predicted seconds``.
+    dense: Predicted seconds of the unpruned model.
+    per_channel: ``{group: seconds saved per channel removed}`` when the
+      group alone is cut to half its width, clipped below at a tiny
+      positive value (a group whose channels save nothing is removed last).
+  """
+
+  def __init__(self, analysis, table, ranked, sizes):
+    self.predict = table.predictor(analysis)
+    self.dense = self.predict({})
+    if not self.dense > 0:
+      raise ValueError(
+          f"The latency table predicts {self.dense!r} s for the dense model; "
+          "a latency budget needs a positive prediction. Measure the table "
+          "again (with more `repeats` on a busy machine).")
+    tiny = max(abs(self.dense), 1e-30) * 1e-12
+    self.per_channel = {}
+    for name in ranked:
+      removed = sizes[name] // 2
+      saved = 0.0
+      if removed:
+        half = self.predict({name: np.arange(sizes[name] - removed)})
+        saved = (self.dense - half) / removed
+      self.per_channel[name] = max(saved, tiny)
+
+
+def _floor(value, digits=4):
+  """`value` rounded down to `digits` decimals (a ratio that is reachable)."""
+  return max(0.0, float(np.floor(value * 10**digits) / 10**digits))
+
+
+def _check_latency_table(budget, latency_table):
+  if budget == "latency":
+    if latency_table is None:
+      raise ValueError(
+          "`latency_table` is required with budget='latency': measure one "
+          "with keras_epi.LatencyTable.measure(model) or load one with "
+          "keras_epi.LatencyTable.load(path).")
+    if not isinstance(latency_table, latency_lib.LatencyTable):
+      raise ValueError(f"`latency_table` must be a keras_epi.LatencyTable, "
+                       f"received {type(latency_table).__name__}.")
+  elif latency_table is not None:
+    raise ValueError(f"`latency_table` is only used with budget='latency', "
+                     f"received a table with budget={budget!r}.")
+
+
+def _check_arguments(ratio, budget, min_channels, round_to,
+                     latency_table=None):
   """ValueErrors naming the argument; NumPy scalars count as numbers."""
   if not isinstance(ratio, numbers.Real) or isinstance(
       ratio, (bool, np.bool_)) or not 0.0 < ratio < 1.0:
@@ -178,6 +287,7 @@ def _check_arguments(ratio, budget, min_channels, round_to):
       round_to, bool) or round_to < 1:
     raise ValueError(f"`round_to` must be an integer >= 1, received "
                      f"{round_to!r}.")
+  _check_latency_table(budget, latency_table)
 
 
 def _round(kept, round_to, size, min_channels):

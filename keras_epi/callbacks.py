@@ -63,7 +63,8 @@ class EPICallback(keras.callbacks.Callback):
     prune_ratio: Fraction of the budget removed, in (0, 1). With
       ``budget="neurons"`` the paper's "pruned ratio": the fraction of
       prunable channels removed.
-    budget: "neurons" or "macs".
+    budget: "neurons", "macs" or "latency" (the fraction of the latency
+      that `latency_table` predicts; see `keras_epi.select_channels`).
     criterion: "taylor" (first-order Taylor on BatchNormalization, from the
       train step's gradients) or "magnitude" (filter norm / sqrt(size)).
     window: r, the number of previous epochs EPI compares with (>= 1).
@@ -110,6 +111,9 @@ class EPICallback(keras.callbacks.Callback):
       importance re-estimated before each, removed channels held at zero,
       and the model is cut at that epoch's end.
     verbose: 1 logs the prune event.
+    latency_table: A `keras_epi.LatencyTable` measured on the model
+      (``training=True`` for the cost of the training steps after the
+      prune); required with ``budget="latency"`` and only then.
 
   Attributes:
     prune_epoch: Dense epochs trained before pruning (so the first pruned
@@ -143,7 +147,7 @@ class EPICallback(keras.callbacks.Callback):
                taylor_reduction="square", init_steps=20,
                early_bird_penalty=1e-4, early_bird_distance=0.1,
                backup_dir=None, gradual_steps=1, prune_frozen=False,
-               verbose=1):
+               verbose=1, latency_table=None):
     super().__init__()
     prune_ratio = _number("prune_ratio", prune_ratio, "(0, 1)")
     if budget not in budget_lib.BUDGETS:
@@ -182,7 +186,8 @@ class EPICallback(keras.callbacks.Callback):
                                  "[0, inf)")
     early_bird_distance = _number("early_bird_distance", early_bird_distance,
                                   "(0, 1]")
-    budget_lib._check_arguments(prune_ratio, budget, min_channels, round_to)  # pylint: disable=protected-access
+    budget_lib._check_arguments(prune_ratio, budget, min_channels, round_to,  # pylint: disable=protected-access
+                                latency_table)
     if isinstance(ignore, str) or not isinstance(
         ignore, (list, tuple, set, frozenset)) or not all(
             isinstance(name, str) for name in ignore):
@@ -195,6 +200,7 @@ class EPICallback(keras.callbacks.Callback):
     gradual_steps = _integer("gradual_steps", gradual_steps, 1)
     self.prune_ratio = prune_ratio
     self.budget = budget
+    self.latency_table = latency_table
     self.criterion = criterion
     self.window = window
     self.threshold = threshold
@@ -526,6 +532,7 @@ class EPICallback(keras.callbacks.Callback):
                                v, -np.inf) for name, v in scores.items()}
     return budget_lib.plan_channels(
         self._analysis, scores, ratio, budget=self.budget,
+        latency_table=self.latency_table,
         min_channels=self.min_channels, round_to=self.round_to,
         keep_stem=False)
 

@@ -1,0 +1,342 @@
+"""Tests of keras_epi.LatencyTable and the latency budget.
+
+Timings on a shared machine are noise, so no test asserts a measured value:
+measured tables are checked for their structure and for identities that hold
+whatever the numbers (the dense prediction is the whole-model time, a plan
+predicts what the pruned model predicts). Numbers are checked on tables
+written by hand, where latency is linear in each width, so bilinear
+interpolation is exact and every prediction has a closed form.
+"""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import keras_epi
+from keras_epi import latency
+
+L = keras.layers
+
+
+def tiny_model(size=8):
+  """stem (3 -> 8, residual with c2) -> c1 (8 -> 16) -> depthwise -> c2
+  (16 -> 8) -> add -> pool -> fc (8 -> 4)."""
+  keras.utils.set_random_seed(0)
+  x = keras.Input((size, size, 3))
+  h = L.Conv2D(8, 3, padding="same", name="stem")(x)
+  h = L.ReLU(name="stem_relu")(L.BatchNormalization(name="stem_bn")(h))
+  a = L.Conv2D(16, 3, padding="same", name="c1")(h)
+  a = L.DepthwiseConv2D(3, padding="same", name="dw")(a)
+  b = L.Conv2D(8, 1, name="c2")(a)
+  h = L.Add(name="add")([h, b])
+  y = L.Dense(4, name="fc")(L.GlobalAveragePooling2D()(h))
+  return keras.Model(x, y)
+
+
+# Hand-made table: seconds = U * in * out at every measured point (U * in for
+# the depthwise layer), plus FIXED. With stem width s and c1 width c the
+# model predicts FIXED + U * (3s + sc + c + cs + 4s) = FIXED + U * (7s + 2sc
+# + c) exactly, anywhere inside the measured widths.
+U = 1e-6
+FIXED = 100e-6
+
+
+def synthetic_table():
+  def entry(ins, outs):
+    if outs is None:
+      return {"in": ins, "out": None, "seconds": [U * a for a in ins]}
+    return {"in": ins, "out": outs,
+            "seconds": [[U * a * b for b in outs] for a in ins]}
+  return keras_epi.LatencyTable({
+      "stem": entry([3], [1, 4, 8]),
+      "c1": entry([1, 4, 8], [1, 8, 16]),
+      "dw": entry([1, 8, 16], None),
+      "c2": entry([1, 8, 16], [1, 4, 8]),
+      "fc": entry([1, 4, 8], [4]),
+  }, fixed=FIXED, metadata={"model": "synthetic"})
+
+
+def closed_form(s, c):
+  return FIXED + U * (7 * s + 2 * s * c + c)
+
+
+@pytest.fixture(scope="module")
+def measured():
+  model = tiny_model()
+  before = [w.numpy().copy() for w in model.weights]
+  table = keras_epi.LatencyTable.measure(model, batch_size=4,
+                                         widths=(0.5, 1.0), repeats=2,
+                                         warmup=1)
+  return model, before, table
+
+
+# -- measure ------------------------------------------------------------------
+
+
+def test_measure_has_an_entry_per_counted_layer_and_a_fixed_term(measured):
+  model, before, table = measured
+  assert set(table.entries) == {"stem", "c1", "dw", "c2", "fc"}
+  e = table.entries
+  # Model inputs and outputs keep their widths: one point on that axis.
+  assert e["stem"]["in"] == [3] and e["stem"]["out"] == [4, 8]
+  assert e["fc"]["in"] == [4, 8] and e["fc"]["out"] == [4]
+  assert e["c1"]["in"] == [4, 8] and e["c1"]["out"] == [8, 16]
+  # The depthwise layer's output width follows its input: one axis.
+  assert e["dw"]["out"] is None and e["dw"]["seconds"].shape == (2,)
+  assert e["c2"]["seconds"].shape == (2, 2)
+  # Its BN and ReLU are timed with the stem; nothing simple follows c1.
+  assert e["stem"]["followers"] == ["stem_bn", "stem_relu"]
+  assert e["c1"]["followers"] == []
+  for entry in e.values():
+    seconds = entry["seconds"]
+    assert np.isfinite(seconds).all() and (seconds >= 0).all()
+    assert (seconds <= entry["raw_seconds"]).all()
+    # Never slower at a narrower width.
+    for axis in range(seconds.ndim):
+      assert (np.diff(seconds, axis=axis) >= 0).all()
+  assert np.isfinite(table.fixed)
+  meta = table.metadata
+  for key in ("platform", "processor", "cpu_count", "keras", "backend",
+              "backend_version", "date", "measure_seconds"):
+    assert key in meta
+  assert meta["batch_size"] == 4 and meta["training"] is False
+  assert meta["backend"] == keras.backend.backend()
+  # By construction the dense prediction is the whole model's time.
+  np.testing.assert_allclose(table.predict(model), meta["whole_seconds"],
+                             rtol=1e-9)
+  # The caller's model is untouched.
+  for w, value in zip(model.weights, before):
+    np.testing.assert_array_equal(w.numpy(), value)
+
+
+def test_measure_training_step_keeps_the_callers_statistics():
+  model = tiny_model()
+  before = [w.numpy().copy() for w in model.weights]
+  table = keras_epi.LatencyTable.measure(model, batch_size=2, training=True,
+                                         widths=(1.0,), repeats=1, warmup=1)
+  assert set(table.entries) == {"stem", "c1", "dw", "c2", "fc"}
+  assert table.metadata["training"] is True
+  assert table.metadata["timing"] == "train_on_batch"
+  for w, value in zip(model.weights, before):  # BN moving stats included
+    np.testing.assert_array_equal(w.numpy(), value)
+
+
+def test_a_plan_predicts_what_its_pruned_model_predicts(measured):
+  model, _, table = measured
+  keep = {"stem": [0, 2, 4, 6, 7], "c1": np.arange(0, 16, 3)}
+  small = keras_epi.prune_model(model, keep)
+  assert table.predict(model, keep) == pytest.approx(table.predict(small))
+  assert table.predict(model, keep) <= table.predict(model)
+
+
+def test_save_load_round_trip(measured, tmp_path):
+  model, _, table = measured
+  path = tmp_path / "table.json"
+  table.save(path)
+  loaded = keras_epi.LatencyTable.load(path)
+  assert loaded == table
+  assert loaded.predict(model) == table.predict(model)
+  with open(path) as f:
+    assert json.load(f)["format"] == "keras_epi.LatencyTable"
+
+
+def _valid():
+  return synthetic_table().to_dict()
+
+
+def _with(path, value):
+  data = _valid()
+  target = data
+  for key in path[:-1]:
+    target = target[key]
+  target[path[-1]] = value
+  return json.dumps(data)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "not JSON"),
+    ("[1, 2]", "format"),
+    (json.dumps({"format": "something else"}), "format"),
+    (_with(("version",), 99), "version 99"),
+    (_with(("fixed",), "slow"), "fixed"),
+    (_with(("entries", "c1", "seconds"), [[1.0, 2.0]]), "shape"),
+    (_with(("entries", "c1", "seconds"), [[-1.0] * 3] * 3), ">= 0"),
+    (_with(("entries", "c1", "in"), [4, 1, 8]), "increasing"),
+    (_with(("entries", "c1", "in"), [0, 4, 8]), "increasing"),
+    (_with(("entries", "dw"), [1, 2]), "must be a dict"),
+    (json.dumps({k: v for k, v in _valid().items() if k != "entries"}),
+     "entries"),
+])
+def test_load_of_a_bad_file_is_a_clear_error(tmp_path, text, message):
+  path = tmp_path / "bad.json"
+  path.write_text(text)
+  with pytest.raises(ValueError, match=message) as error:
+    keras_epi.LatencyTable.load(path)
+  assert "bad.json" in str(error.value)
+
+
+# -- predict on a hand-made table ---------------------------------------------
+
+
+def test_interpolation_is_bilinear_and_clamped():
+  entry = {"in": [2, 4], "out": [10, 20],
+           "seconds": np.array([[1.0, 2.0], [3.0, 5.0]])}
+  assert latency.interpolate(entry, 3, 15) == pytest.approx(
+      0.25 * (1 + 2 + 3 + 5))
+  assert latency.interpolate(entry, 2, 12) == pytest.approx(1.2)
+  # Below the grid the narrowest interval is extended linearly (weights
+  # -1/2 and 3/2 one interval-half below), and never below 0.
+  assert latency.interpolate(entry, 2, 5) == pytest.approx(1.5 * 1 - 0.5 * 2)
+  assert latency.interpolate(entry, 1, 20) == pytest.approx(1.5 * 2 - 0.5 * 5)
+  assert latency.interpolate(entry, 3, 5) == pytest.approx(
+      0.5 * (1.5 * 1 - 0.5 * 2) + 0.5 * (1.5 * 3 - 0.5 * 5))
+  assert latency.interpolate(entry, 1, 5) == 0.0  # -0.25, clipped
+  assert latency.interpolate(entry, 9, 99) == 5.0  # above: the widest
+  tied = {"in": [2, 4], "out": None, "seconds": np.array([1.0, 3.0])}
+  assert latency.interpolate(tied, 3, 123) == pytest.approx(2.0)
+  assert latency.interpolate(tied, 1, 0) == pytest.approx(0.0)
+  assert latency.interpolate({"in": [4], "out": [8],
+                              "seconds": np.array([[2.0]])}, 1, 1) == 2.0
+
+
+def test_predict_equals_the_closed_form():
+  model, table = tiny_model(), synthetic_table()
+  assert table.predict(model) == pytest.approx(closed_form(8, 16), rel=1e-12)
+  for s, c in [(6, 12), (5, 3), (1, 1), (8, 9)]:
+    keep = {"stem": np.arange(s), "c1": np.arange(16 - c, 16)}
+    assert table.predict(model, keep) == pytest.approx(closed_form(s, c),
+                                                       rel=1e-12)
+    assert table.predict(model, keep) < table.predict(model)
+
+
+def test_predict_names_a_layer_the_table_lacks_and_a_wrong_input_size():
+  table = synthetic_table()
+  del table.entries["c2"]
+  with pytest.raises(ValueError, match="no entry for layer 'c2'.*measure"):
+    table.predict(tiny_model())
+  table = synthetic_table()
+  table.entries["c1"]["in_shape"] = [8, 8, 8]
+  with pytest.raises(ValueError, match="'c1'.*measured on inputs of shape"):
+    table.predict(tiny_model(size=16))
+
+
+# -- the latency budget --------------------------------------------------------
+
+
+def _scores():
+  # c1 scores lower than the stem, but a stem channel costs 39 U of latency
+  # and a c1 channel 17 U: per unit of latency the stem is cheaper to keep
+  # fewer of (1.0 / 39 < 0.9 / 17).
+  return {"stem": 1.0 + 0.01 * np.arange(8), "c1": 0.9 + 1e-3 * np.arange(16)}
+
+
+def test_latency_budget_meets_the_predicted_target_per_unit_of_latency():
+  model, table = tiny_model(), synthetic_table()
+  # Removing n stem channels leaves FIXED + U * (39 s + 16); the dense model
+  # is FIXED + 328 U = 428 U. ratio 0.25 asks for <= 321 U: s = 5 (311 U)
+  # meets it, s = 6 (350 U) does not.
+  keep = keras_epi.select_channels(model, _scores(), 0.25, budget="latency",
+                                   latency_table=table, keep_stem=False)
+  np.testing.assert_array_equal(keep["stem"], [3, 4, 5, 6, 7])
+  np.testing.assert_array_equal(keep["c1"], np.arange(16))
+  assert table.predict(model, keep) <= 0.75 * table.predict(model)
+  # A MAC budget ranks by score alone and cuts c1 first.
+  macs = keras_epi.select_channels(model, _scores(), 0.1, budget="macs",
+                                   keep_stem=False)
+  assert len(macs["stem"]) == 8 and len(macs["c1"]) < 16
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.2, 0.3, 0.4])
+def test_latency_budget_is_met_with_round_to(ratio):
+  model, table = tiny_model(), synthetic_table()
+  scores = {"c1": np.arange(16.0)}  # the stem whole: T(c) = 156 U + 17 U c
+  keep = keras_epi.select_channels(model, scores, ratio, budget="latency",
+                                   latency_table=table, round_to=4)
+  target = (1 - ratio) * closed_form(8, 16)
+  best = max(c for c in range(1, 17) if closed_form(8, c) <= target)
+  assert len(keep["c1"]) == 4 * (best // 4)  # the widest multiple of 4
+  np.testing.assert_array_equal(keep["c1"], np.arange(16 - len(keep["c1"]),
+                                                      16))
+  assert table.predict(model, keep) <= target
+
+
+def test_unreachable_latency_target_states_the_best_ratio():
+  model, table = tiny_model(), synthetic_table()
+  # The smallest plan (s = c = 1) predicts 110 U of 428 U: at most
+  # 1 - 110 / 428 = 0.74299 can be removed.
+  with pytest.raises(ValueError, match=r"at most ratio=0\.7429 .*fixed term"):
+    keras_epi.select_channels(model, _scores(), 0.75, budget="latency",
+                              latency_table=table, keep_stem=False)
+  keep = keras_epi.select_channels(model, _scores(), 0.7429, budget="latency",
+                                   latency_table=table, keep_stem=False)
+  assert table.predict(model, keep) <= (1 - 0.7429) * table.predict(model)
+
+
+def test_latency_table_argument_errors():
+  model, table = tiny_model(), synthetic_table()
+  scores = {"c1": np.arange(16.0)}
+  with pytest.raises(ValueError, match="`latency_table` is required"):
+    keras_epi.select_channels(model, scores, 0.5, budget="latency")
+  with pytest.raises(ValueError, match="`latency_table` is only used"):
+    keras_epi.select_channels(model, scores, 0.5, budget="macs",
+                              latency_table=table)
+  with pytest.raises(ValueError, match="`latency_table` must be a keras_epi"):
+    keras_epi.select_channels(model, scores, 0.5, budget="latency",
+                              latency_table={"c1": 1.0})
+  with pytest.raises(ValueError, match="`latency_table` is required"):
+    keras_epi.EPICallback(budget="latency")
+  with pytest.raises(ValueError, match="`latency_table` is only used"):
+    keras_epi.EPICallback(budget="neurons", latency_table=table)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0}, "`batch_size`"),
+    ({"batch_size": 2.0}, "`batch_size`"),
+    ({"repeats": 0}, "`repeats`"),
+    ({"warmup": -1}, "`warmup`"),
+    ({"training": "yes"}, "`training`"),
+    ({"widths": (0.0, 1.0)}, "`widths`"),
+    ({"widths": (0.5, 1.5)}, "`widths`"),
+    ({"widths": ()}, "`widths`"),
+    ({"widths": 0.5}, "`widths`"),
+])
+def test_measure_argument_errors(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    keras_epi.LatencyTable.measure(tiny_model(), **kwargs)
+
+
+@pytest.mark.parametrize("args, message", [
+    (([],), "`entries`"),
+    (({}, float("nan")), "`fixed`"),
+    (({}, 0.0, []), "`metadata`"),
+    (({"c1": {"in": [1], "out": [1]}},), "no 'seconds'"),
+])
+def test_constructor_errors(args, message):
+  with pytest.raises(ValueError, match=message):
+    keras_epi.LatencyTable(*args)
+
+
+def test_measure_needs_fixed_shapes():
+  model = keras.Sequential([keras.Input((None, None, 3)),
+                            L.Conv2D(4, 3, name="conv")])
+  with pytest.raises(ValueError, match="'conv'.*unknown shape"):
+    keras_epi.LatencyTable.measure(model, repeats=1, warmup=0)
+
+
+def test_epi_callback_with_a_latency_budget():
+  model, table = tiny_model(), synthetic_table()
+  model.compile(keras.optimizers.SGD(0.05),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(64, 8, 8, 3)).astype("float32")
+  y = rng.integers(0, 4, size=64)
+  cb = keras_epi.EPICallback(prune_ratio=0.4, budget="latency",
+                             latency_table=table, policy="fixed",
+                             prune_epoch=1, criterion="magnitude", verbose=0)
+  model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[cb])
+  assert cb.prune_epoch == 1 and cb.pruned_model is not None
+  predicted = table.predict(cb.pruned_model)
+  assert predicted == pytest.approx(table.predict(model, cb.keep))
+  assert predicted <= 0.6 * table.predict(model)
