@@ -27,7 +27,6 @@ masked model equals the cut one for any activation.
 
 import contextlib
 import json
-import numbers
 import os
 import warnings
 import weakref
@@ -38,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_epi import _keras_internals as internals
+from keras_epi import _validation as validation
 from keras_epi import budget as budget_lib
 from keras_epi import graph
 from keras_epi import importance as importance_lib
@@ -149,7 +149,7 @@ class EPICallback(keras.callbacks.Callback):
                backup_dir=None, gradual_steps=1, prune_frozen=False,
                verbose=1, latency_table=None):
     super().__init__()
-    prune_ratio = _number("prune_ratio", prune_ratio, "(0, 1)")
+    prune_ratio = validation.number("prune_ratio", prune_ratio, "(0, 1)")
     if budget not in budget_lib.BUDGETS:
       raise ValueError(f"`budget` must be one of {budget_lib.BUDGETS}, "
                        f"received {budget!r}.")
@@ -160,31 +160,31 @@ class EPICallback(keras.callbacks.Callback):
       raise ValueError(f"`policy` must be one of {POLICIES}, received "
                        f"{policy!r}.")
     if policy == "fixed":
-      prune_epoch = _integer("prune_epoch", prune_epoch, 0,
+      prune_epoch = validation.integer("prune_epoch", prune_epoch, 0,
                              " with policy='fixed'")
     elif prune_epoch is not None:
       raise ValueError(f"`prune_epoch` is only used with policy='fixed'; "
                        f"received prune_epoch={prune_epoch!r} with "
                        f"policy={policy!r}.")
     if prune_by is not None:
-      if policy == "fixed" or not _is_integer(prune_by) or prune_by < 1:
+      if policy == "fixed" or not validation.is_integer(prune_by) or prune_by < 1:
         raise ValueError(
             f"`prune_by` must be None or an integer >= 1 with policy='epi' "
             f"or 'early_bird', received prune_by={prune_by!r} with "
             f"policy={policy!r}.")
       prune_by = int(prune_by)
-    window = _integer("window", window, 1)
+    window = validation.integer("window", window, 1)
     if threshold is None:
       threshold = indicators.PAPER_THRESHOLDS[criterion]
-    threshold = _number("threshold", threshold, "(0, 1]")
+    threshold = validation.number("threshold", threshold, "(0, 1]")
     if taylor_reduction not in importance_lib.TAYLOR_REDUCTIONS:
       raise ValueError(f"`taylor_reduction` must be one of "
                        f"{importance_lib.TAYLOR_REDUCTIONS}, received "
                        f"{taylor_reduction!r}.")
-    init_steps = _integer("init_steps", init_steps, 1)
-    early_bird_penalty = _number("early_bird_penalty", early_bird_penalty,
+    init_steps = validation.integer("init_steps", init_steps, 1)
+    early_bird_penalty = validation.number("early_bird_penalty", early_bird_penalty,
                                  "[0, inf)")
-    early_bird_distance = _number("early_bird_distance", early_bird_distance,
+    early_bird_distance = validation.number("early_bird_distance", early_bird_distance,
                                   "(0, 1]")
     budget_lib._check_arguments(prune_ratio, budget, min_channels, round_to,  # pylint: disable=protected-access
                                 latency_table)
@@ -197,7 +197,7 @@ class EPICallback(keras.callbacks.Callback):
                                                  (str, os.PathLike)):
       raise ValueError(f"`backup_dir` must be None or a directory path (a "
                        f"string), received {backup_dir!r}.")
-    gradual_steps = _integer("gradual_steps", gradual_steps, 1)
+    gradual_steps = validation.integer("gradual_steps", gradual_steps, 1)
     self.prune_ratio = prune_ratio
     self.budget = budget
     self.latency_table = latency_table
@@ -210,9 +210,9 @@ class EPICallback(keras.callbacks.Callback):
     self.ignore = tuple(ignore)
     self.min_channels = int(min_channels)
     self.round_to = int(round_to)
-    self.keep_stem = _boolean("keep_stem", keep_stem)
-    self.keep_residual = _boolean("keep_residual", keep_residual)
-    self.prune_frozen = _boolean("prune_frozen", prune_frozen)
+    self.keep_stem = validation.boolean("keep_stem", keep_stem)
+    self.keep_residual = validation.boolean("keep_residual", keep_residual)
+    self.prune_frozen = validation.boolean("prune_frozen", prune_frozen)
     self.taylor_reduction = taylor_reduction
     self.init_steps = init_steps
     self.early_bird_penalty = early_bird_penalty
@@ -659,40 +659,6 @@ class EPICallback(keras.callbacks.Callback):
 
 # The EPICallback in a fit of each model, to refuse a second one.
 _RUNNING = weakref.WeakKeyDictionary()
-
-
-def _is_integer(value):
-  return isinstance(value, numbers.Integral) and not isinstance(
-      value, (bool, np.bool_))
-
-
-def _integer(name, value, minimum, context=""):
-  """`value` as an int (NumPy integers too), or a ValueError naming it."""
-  if not _is_integer(value) or value < minimum:
-    raise ValueError(f"`{name}` must be an integer >= {minimum}{context}, "
-                     f"received {name}={value!r}.")
-  return int(value)
-
-
-def _number(name, value, interval):
-  """`value` as a float in `interval` ("(0, 1)", "(0, 1]", "[0, inf)"), or a
-  ValueError naming it. NumPy scalars are numbers; strings and bools not."""
-  low, high = (float(v) for v in interval[1:-1].split(", "))
-  ok = (isinstance(value, numbers.Real) and
-        not isinstance(value, (bool, np.bool_)) and
-        (low < value if interval[0] == "(" else low <= value) and
-        (value < high if interval[-1] == ")" else value <= high))
-  if not ok:
-    raise ValueError(f"`{name}` must be a number in {interval}, received "
-                     f"{name}={value!r}.")
-  return float(value)
-
-
-def _boolean(name, value):
-  if not isinstance(value, (bool, np.bool_)):
-    raise ValueError(f"`{name}` must be True or False, received "
-                     f"{name}={value!r}.")
-  return bool(value)
 
 
 def _finite(scores):

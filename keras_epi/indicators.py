@@ -22,24 +22,13 @@ Pure NumPy, no Keras. Two indicators:
 """
 
 import collections
-import numbers
 
 import numpy as np
 
+from keras_epi import _validation as validation
+
 # The paper's thresholds per importance criterion (figure of EPI vs epoch).
 PAPER_THRESHOLDS = {"taylor": 0.944, "magnitude": 0.983}
-
-
-def _is_integer(value):
-  """Python and NumPy integers, not bools."""
-  return isinstance(value, numbers.Integral) and not isinstance(
-      value, (bool, np.bool_))
-
-
-def _is_number(value):
-  """Python and NumPy reals, not bools or strings."""
-  return isinstance(value, numbers.Real) and not isinstance(
-      value, (bool, np.bool_))
 
 
 def layer_distance(a, b):
@@ -72,10 +61,10 @@ class EarlyPruningIndicator:
   """
 
   def __init__(self, window=5, threshold=PAPER_THRESHOLDS["taylor"]):
-    if not _is_integer(window) or window < 1:
+    if not validation.is_integer(window) or window < 1:
       raise ValueError(f"`window` must be an integer >= 1, received "
                        f"{window!r}.")
-    if not _is_number(threshold) or not 0.0 < threshold <= 1.0:
+    if not validation.is_number(threshold) or not 0.0 < threshold <= 1.0:
       raise ValueError(f"`threshold` must be in (0, 1], received "
                        f"{threshold!r}.")
     self.window = int(window)
@@ -132,10 +121,10 @@ class EarlyBirdIndicator:
   """
 
   def __init__(self, window=5, max_distance=0.1):
-    if not _is_integer(window) or window < 2:
+    if not validation.is_integer(window) or window < 2:
       raise ValueError(f"`window` must be an integer >= 2, received "
                        f"{window!r}.")
-    if not _is_number(max_distance) or not 0.0 < max_distance <= 1.0:
+    if not validation.is_number(max_distance) or not 0.0 < max_distance <= 1.0:
       raise ValueError(f"`max_distance` must be in (0, 1], received "
                        f"{max_distance!r}.")
     self.window = int(window)

@@ -29,7 +29,6 @@ import datetime
 import importlib.metadata
 import json
 import math
-import numbers
 import os
 import platform
 import sys
@@ -40,6 +39,7 @@ from absl import logging
 import keras
 import numpy as np
 
+from keras_epi import _validation as validation
 from keras_epi import graph
 from keras_epi import plan as plan_lib
 from keras_epi import surgeon
@@ -92,7 +92,7 @@ class LatencyTable:
         isinstance(k, str) for k in entries):
       raise ValueError(f"`entries` must be a dict {{layer key: entry}}, "
                        f"received {type(entries).__name__}.")
-    if not _is_number(fixed) or not math.isfinite(fixed):
+    if not validation.is_number(fixed) or not math.isfinite(fixed):
       raise ValueError(f"`fixed` must be a finite number of seconds, "
                        f"received {fixed!r}.")
     if metadata is not None and not isinstance(metadata, dict):
@@ -165,7 +165,7 @@ class LatencyTable:
     """
     batch_size = _positive_int("batch_size", batch_size)
     repeats = _positive_int("repeats", repeats)
-    if not _is_int(warmup) or warmup < 0:
+    if not validation.is_integer(warmup) or warmup < 0:
       raise ValueError(f"`warmup` must be an integer >= 0, received "
                        f"{warmup!r}.")
     if not isinstance(training, (bool, np.bool_)):
@@ -693,14 +693,14 @@ def _checked_entry(key, entry):
     entry[name] = value
   shape = entry.get("in_shape")
   if shape is not None and not (isinstance(shape, (list, tuple)) and all(
-      _is_int(d) for d in shape) and shape):
+      validation.is_integer(d) for d in shape) and shape):
     raise ValueError(f"{where}: 'in_shape' must be a list of ints.")
   return entry
 
 
 def _widths(where, name, values):
   if not isinstance(values, (list, tuple)) or not values or not all(
-      _is_int(v) and v >= 1 for v in values) or any(
+      validation.is_integer(v) and v >= 1 for v in values) or any(
           a >= b for a, b in zip(values, values[1:])):
     raise ValueError(f"{where}: {name!r} must be increasing integers >= 1, "
                      f"received {values!r}.")
@@ -712,24 +712,14 @@ def _fractions(widths):
     raise ValueError(f"`widths` must be fractions in (0, 1], received "
                      f"{widths!r}.")
   widths = list(widths)
-  if not widths or not all(_is_number(f) and 0.0 < f <= 1.0 for f in widths):
+  if not widths or not all(validation.is_number(f) and 0.0 < f <= 1.0 for f in widths):
     raise ValueError(f"`widths` must be fractions in (0, 1], received "
                      f"{widths!r}.")
   return sorted({float(f) for f in widths} | {1.0})
 
 
-def _is_int(value):
-  return isinstance(value, numbers.Integral) and not isinstance(
-      value, (bool, np.bool_))
-
-
-def _is_number(value):
-  return isinstance(value, numbers.Real) and not isinstance(
-      value, (bool, np.bool_))
-
-
 def _positive_int(name, value):
-  if not _is_int(value) or value < 1:
+  if not validation.is_integer(value) or value < 1:
     raise ValueError(f"`{name}` must be an integer >= 1, received "
                      f"{value!r}.")
   return int(value)

@@ -1,0 +1,47 @@
+"""Argument checks shared by the public classes: numbers, integers and bools,
+NumPy scalars included, with errors that name the argument."""
+
+import numbers
+
+import numpy as np
+
+
+def is_integer(value):
+  """Python and NumPy integers, not bools."""
+  return isinstance(value, numbers.Integral) and not isinstance(
+      value, (bool, np.bool_))
+
+
+def is_number(value):
+  """Python and NumPy reals, not bools or strings."""
+  return isinstance(value, numbers.Real) and not isinstance(
+      value, (bool, np.bool_))
+
+
+def integer(name, value, minimum, context=""):
+  """`value` as an int (NumPy integers too), or a ValueError naming it."""
+  if not is_integer(value) or value < minimum:
+    raise ValueError(f"`{name}` must be an integer >= {minimum}{context}, "
+                     f"received {name}={value!r}.")
+  return int(value)
+
+
+def number(name, value, interval):
+  """`value` as a float in `interval` ("(0, 1)", "(0, 1]", "[0, inf)"), or a
+  ValueError naming it. NumPy scalars are numbers; strings and bools not."""
+  low, high = (float(v) for v in interval[1:-1].split(", "))
+  ok = (is_number(value) and
+        (low < value if interval[0] == "(" else low <= value) and
+        (value < high if interval[-1] == ")" else value <= high))
+  if not ok:
+    raise ValueError(f"`{name}` must be a number in {interval}, received "
+                     f"{name}={value!r}.")
+  return float(value)
+
+
+def boolean(name, value):
+  """`value` as a bool (NumPy bools too), or a ValueError naming it."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise ValueError(f"`{name}` must be True or False, received "
+                     f"{name}={value!r}.")
+  return bool(value)
