@@ -1,7 +1,7 @@
 """Small, randomly initialised keras_hub vision models for the tests.
 
-Every builder makes its model from constructor arguments (never
-``from_preset``: nothing is downloaded), seeds with
+Every builder makes its model from constructor arguments (never from a
+preset: nothing is downloaded), seeds with
 ``keras.utils.set_random_seed(0)`` and returns ``(model, input_shape)``, where
 ``model`` is a functional ``keras.Model`` (keras_hub backbones and tasks are
 functional models) and ``input_shape`` excludes the batch axis.
