@@ -297,8 +297,8 @@ class Analysis:
     self.unsupported = {}  # layer path -> reason
     self._seen_paths = set()
 
-    inputs = [(self.fixed(_channels(t)), tuple(t.shape[1:]))
-              for t in model.inputs]
+    shapes = [tuple(t.shape[1:]) for t in model.inputs]
+    inputs = [(self.fixed(layers_lib.width_of(s)), s) for s in shapes]
     outputs = self._walk(model, inputs, "")
     for labels, _ in outputs:
       self.fix(labels)
@@ -707,11 +707,7 @@ def _auto_rule(op, node, in_shapes, out_shapes, unsupported, path):
         type(op).__name__, type(op).__name__)
     return _IGNORED
   if not isinstance(op, _L.Layer):  # a keras.ops operation: stateless
-    constants = [a for a in keras.tree.flatten(internals.node_arguments(node))
-                 if not isinstance(a, keras.KerasTensor)]
-    if any(np.ndim(c) and np.size(c) > 1 for c in constants):
-      return _IGNORED  # a per-channel constant pins the channels
-    return layers_lib.LayerRule(layers_lib.ELEMENTWISE)
+    return layers_lib.LayerRule(layers_lib.elementwise_op_flow)
   channels = out_shapes[0][-1]
   weights = {}
   for weight in op.weights:
@@ -796,13 +792,6 @@ def probe_elementwise(op, node, in_shapes, out_shapes, trials=4, seed=0):
       if (moved & ~chosen).any():
         return False
   return True
-
-
-def _channels(tensor):
-  if len(tensor.shape) < 2 or tensor.shape[-1] is None:
-    # Scalars per example or unknown widths: a single fixed pseudo-channel.
-    return 1
-  return tensor.shape[-1]
 
 
 def _has_channel_state(op):

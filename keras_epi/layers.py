@@ -356,7 +356,7 @@ def _fixed_flow(layer, call):
   del layer
   for labels in call.inputs:
     call.fix(labels)
-  return [call.fixed(_width(s)) for s in call.output_shapes]
+  return [call.fixed(width_of(s)) for s in call.output_shapes]
 
 
 def _axis_flow(fixes_when_over_channels):
@@ -396,7 +396,6 @@ def _flatten_flow(layer, call):
 
 
 def _reshape_flow(layer, call):
-  del layer
   in_shape, out_shape = call.input_shapes[0], call.output_shapes[0]
   x = call.inputs[0]
   if out_shape[-1] == in_shape[-1] and out_shape[-1] is not None:
@@ -404,8 +403,7 @@ def _reshape_flow(layer, call):
   if (None not in in_shape and out_shape[-1] == math.prod(in_shape) and
       math.prod(out_shape[:-1]) == 1):  # flattening
     return [np.tile(x, math.prod(in_shape[:-1]))]
-  call.fix(x)
-  return [call.fixed(_width(out_shape))]
+  return _fixed_flow(layer, call)
 
 
 def _permute_flow(layer, call):
@@ -421,7 +419,9 @@ def _concatenate_flow(layer, call):
   return [call.merge()]
 
 
-def _ops_elementwise_flow(op, call):
+def elementwise_op_flow(op, call):
+  """An element-wise keras.ops call; a per-channel constant argument pins
+  the channels of its inputs."""
   del op
   constants = [a for a in keras.tree.flatten(call.arguments)
                if not isinstance(a, keras.KerasTensor)]
@@ -444,8 +444,7 @@ def _ops_pad_flow(op, call):
   ndim = len(call.input_shapes[0]) + 1
   channel_pad = pads[-1] if len(pads) == ndim else pads[0]
   if len(pads) not in (1, ndim) or tuple(channel_pad) != (0, 0):
-    call.fix(x)
-    return [call.fixed(_width(call.output_shapes[0]))]
+    return _fixed_flow(op, call)
   return [x]
 
 
@@ -472,19 +471,16 @@ def _ops_split_rebuild(op, masks):
 def _ops_reduce_flow(op, call):
   x = call.inputs[0]
   if _over_channels(op.axis, call.input_shapes[0]):
-    call.fix(x)
-    return [call.fixed(_width(call.output_shapes[0]))]
+    return _fixed_flow(op, call)
   return [x]
 
 
 def _ops_expand_squeeze_flow(op, call):
-  del op
   x = call.inputs[0]
   in_shape, out_shape = call.input_shapes[0], call.output_shapes[0]
   if out_shape and in_shape and out_shape[-1] == in_shape[-1] == len(x):
     return [x]
-  call.fix(x)
-  return [call.fixed(_width(out_shape))]
+  return _fixed_flow(op, call)
 
 
 def _ops_reshape_flow(op, call):
@@ -507,7 +503,9 @@ def _ops_transpose_flow(op, call):
   return _fixed_flow(op, call)
 
 
-def _width(shape):
+def width_of(shape):
+  """Channels of a per-example shape: its last axis, 1 where unknown or
+  scalar (a single pseudo-channel)."""
   if not shape:
     return 1
   return shape[-1] if shape[-1] is not None else 1
@@ -715,7 +713,7 @@ def _register_builtins():  # pylint: disable=too-many-statements
   elementwise_ops.add(_op_class(keras.ops.clip, x, 0.0, 1.0))
   elementwise_ops.add(_op_class(keras.ops.where, x > 0, x, x))
   add(sorted(elementwise_ops, key=lambda c: c.__name__),
-      LayerRule(_ops_elementwise_flow))
+      LayerRule(elementwise_op_flow))
   add((_op_class(keras.ops.concatenate, [x, x], axis=-1),),
       LayerRule(_ops_concatenate_flow))
   add((_op_class(keras.ops.pad, x, ((0, 0), (1, 1), (0, 0))),),

@@ -25,11 +25,6 @@ class ResolvedPlan:
   def __init__(self, analysis, keep):
     self.analysis = analysis
     self.removed = analysis.removed_labels(keep)
-    self.keep = {name: np.sort(np.asarray(list(v) if isinstance(v, range)
-                                          else sorted(v) if isinstance(
-                                              v, (set, frozenset)) else v,
-                                          dtype=np.int64))
-                 for name, v in keep.items()}
     self._masks = {}
 
   def mask(self, labels):
