@@ -432,7 +432,7 @@ class EPICallback(keras.callbacks.Callback):
       # `pruned_model` holds the trained weights.
       with self.model.distribute_strategy.scope():
         self.pruned_model, self._surgeon = surgeon.prune_with_surgeon(
-            self.model, self.keep, self.ignore)
+            self.model, self.keep, self.ignore, analysis=self._analysis)
     if self._scorer is not None:
       self.skipped_batches = int(self._scorer.skipped.numpy())
 
@@ -571,7 +571,7 @@ class EPICallback(keras.callbacks.Callback):
       self._start_masking()
     with model.distribute_strategy.scope():
       self.pruned_model, self._surgeon = surgeon.prune_with_surgeon(
-          model, keep, self.ignore)
+          model, keep, self.ignore, analysis=self._analysis)
     macs_after = budget_lib.count_macs(self.pruned_model)
     self._last_logs.update({
         "kept_fraction": float(
