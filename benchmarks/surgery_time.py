@@ -52,34 +52,15 @@ _OUTPUT_DIR = flags.DEFINE_string(
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 
 
-class _ForeignLoad:
-  """Share of the machine's CPU capacity used by other processes (or stolen
-  by the hypervisor) since `start()`, from /proc/stat; None if unreadable."""
-
-  def __init__(self):
-    self._ticks = os.sysconf("SC_CLK_TCK")
-    self._cpus = os.cpu_count()
-    self._start = None
-
-  def _busy(self):
-    try:
-      with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-      return None
-    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / self._ticks
+class _ForeignLoad(common.CpuMonitor):
+  """`common.CpuMonitor` with one running measurement: the foreign load
+  since `start()`."""
 
   def start(self):
-    self._start = (time.perf_counter(), self._busy(), time.process_time())
+    self._start = self.snapshot()
 
   def load(self):
-    wall, busy, own = self._start
-    now = self._busy()
-    if busy is None or now is None:
-      return None
-    wall = time.perf_counter() - wall
-    own = time.process_time() - own
-    return max(0.0, (now - busy - own) / (wall * self._cpus))
+    return self.foreign_load(self._start)
 
 
 def _timed(fn, monitor):

@@ -10,6 +10,8 @@ Public API:
   LatencyTable: measured per-layer latency at a grid of widths; predicts a
     plan's latency.
   EPICallback: scoring, the Early Pruning Indicator and pruning in model.fit.
+  triggers: when to prune (EPITrigger, EarlyBirdTrigger, AtEpoch, Deadline,
+    Gradual, or a Trigger of your own), for EPICallback(trigger=...).
   fit: model.fit that continues training on the pruned model.
   EarlyPruningIndicator, EarlyBirdIndicator: the stability indicators.
   fold_batchnorm: an inference copy with BatchNormalization folded into
@@ -35,6 +37,7 @@ from keras_epi.layers import unregister_layer
 from keras_epi.surgeon import prune_model
 from keras_epi.training import fit
 from keras_epi.version import __version__
+from keras_epi import triggers  # pylint: disable=g-bad-import-order
 
 __all__ = [
     "ChannelGroup",
@@ -52,6 +55,7 @@ __all__ = [
     "prune_model",
     "register_layer",
     "select_channels",
+    "triggers",
     "unregister_layer",
     "__version__",
 ]

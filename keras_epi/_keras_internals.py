@@ -6,6 +6,8 @@ are where keras_epi reads them. Each names the attribute it reads, so a Keras
 upgrade that moves one breaks here and nowhere else.
 """
 
+import json
+import os
 
 def history(tensor):
   """``(operation, node_index, tensor_index)`` that made a KerasTensor."""
@@ -86,6 +88,18 @@ def stateless_copy(layer):
   new.__dict__["_inbound_nodes"] = []
   new.__dict__["_outbound_nodes"] = []
   return new
+
+
+def backup_and_restore_checkpoint(callback):
+  """(weights file, epochs done) of a `keras.callbacks.BackupAndRestore`'s
+  latest checkpoint, or None."""
+  weights = getattr(callback, "_weights_path", None)  # pylint: disable=protected-access
+  metadata = getattr(callback, "_training_metadata_path", None)  # pylint: disable=protected-access
+  if not (weights and metadata and os.path.exists(weights) and
+          os.path.exists(metadata)):
+    return None
+  with open(metadata) as f:
+    return weights, int(json.load(f)["epoch"])
 
 
 def backup_and_restore_files(callback):

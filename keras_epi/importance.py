@@ -77,7 +77,9 @@ class TaylorScorer:
   global batch (Keras scales the per-replica loss by 1/replicas), so the
   replicas' ``s`` are summed with an all-reduce before squaring: the result
   equals the single-device score for the same global batch. Batches whose
-  ``s`` is not finite are skipped and counted in `skipped`.
+  ``s`` is not finite are skipped and counted in `skipped`; `calls`
+  counts the batches seen (a loss-scale optimizer does not call the inner
+  optimizer, so not `update`, for the steps it skips).
   """
 
   def __init__(self, model, groups, reduction="square"):
@@ -94,6 +96,7 @@ class TaylorScorer:
       self.total = tf.Variable(tf.zeros([total], tf.float32), **kwargs)
       self.steps = tf.Variable(0, dtype=tf.int64, **kwargs)
       self.skipped = tf.Variable(0, dtype=tf.int64, **kwargs)
+      self.calls = tf.Variable(0, dtype=tf.int64, **kwargs)
 
   @staticmethod
   def _group_terms(model, group):
@@ -137,6 +140,7 @@ class TaylorScorer:
     self.total.assign_add(tf.where(finite, score, tf.zeros_like(score)))
     self.steps.assign_add(tf.cast(finite, tf.int64))
     self.skipped.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
+    self.calls.assign_add(1)
 
   def result(self):
     """``{group name: mean score over the interval}`` (NumPy), or None when
@@ -186,3 +190,19 @@ def _filter_taylor(layer, grad_of):
     term = tf.reduce_sum(product, axis=[a for a in range(ndim) if a != axis])
     s = term if s is None else s + term
   return s
+
+
+def batchnorm_gamma_importance(model, groups):
+  """Early-Bird's scores: the sum of |gamma| over a group's
+  BatchNormalization members (zero for a group without one)."""
+  scores = {}
+  for g in groups:
+    total = np.zeros(g.size)
+    for path, positions in g.members:
+      layer = graph.layer_at(model, path)
+      if isinstance(layer, keras.layers.BatchNormalization) and \
+          getattr(layer, "gamma", None) is not None:
+        total += gather_channels(
+            np.abs(keras.ops.convert_to_numpy(layer.gamma)), positions)
+    scores[g.name] = total
+  return scores

@@ -110,6 +110,14 @@ def _slot_masks(optimizer, masks):
   return out
 
 
+def unmasked(masks):
+  """Paths of the variables in `masks` whose removed entries are not zero
+  (their weights were set from before the masks, e.g. restored)."""
+  return [getattr(v, "path", v.name) for v, m in masks
+          if np.any(keras.ops.convert_to_numpy(v)[np.broadcast_to(
+              ~m, tuple(v.shape))])]
+
+
 def make_mask_function(masks):
   """A `tf.function` that multiplies every variable by its mask."""
   pairs = [(v, tf.constant(m, dtype=v.dtype)) for v, m in masks]

@@ -57,70 +57,91 @@ def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
                      "model.compile(...) first.")
   epi = epi[0]
   # The EPICallback first, so that every other callback (CSVLogger,
-  # TensorBoard, EarlyStopping) sees the values it adds to the epoch's logs.
+  # TensorBoard, EarlyStopping, BackupAndRestore) sees the epoch's values
+  # and state it adds.
   callbacks.remove(epi)
   callbacks.insert(0, epi)
   history_cb = _history_of(callbacks)
-  if epi.backup_dir is None:
-    for c in callbacks:
-      if isinstance(c, keras.callbacks.BackupAndRestore):
-        epi.backup_dir = c.backup_dir
-  saved = epi.load_saved_state()
-  epi._stop_on_prune = True  # pylint: disable=protected-access
-  epi._continuing = False  # pylint: disable=protected-access
+  backups = [c for c in callbacks
+             if isinstance(c, keras.callbacks.BackupAndRestore)]
+  if epi.backup_dir is None and backups:
+    epi.backup_dir = backups[0].backup_dir
   multi_worker_fit_workaround(model)
+
+  def prepare(pruned, surgeon):
+    _compile_like(model, pruned, surgeon)
+    multi_worker_fit_workaround(pruned)
+
   appending = []  # CSVLoggers switched to append for the pruned fit
-  try:
-    if saved is not None and saved["prune_epoch"] is not None:
-      # Resuming a run interrupted after the prune: rebuild the pruned model
-      # (BackupAndRestore loads its weights and epoch).
-      epi._reset_run_state()  # pylint: disable=protected-access
-      epi.set_state(saved)
-      with model.distribute_strategy.scope():
-        epi.pruned_model, epi._surgeon = surgeon_lib.prune_with_surgeon(  # pylint: disable=protected-access
-            model, epi.keep, epi.ignore)
-      first, first_epochs = {}, []
-    else:
-      model.fit(x, y, callbacks=callbacks, epochs=epochs,
-                initial_epoch=initial_epoch, **kwargs)
-      if epi.pruned_model is None:
-        return model, history_cb
-      first = {k: list(v) for k, v in history_cb.history.items()}
-      first_epochs = list(history_cb.epoch)
-      # The dense model's checkpoint must not be loaded into the pruned one
-      # (BackupAndRestore(delete_checkpoint=False) keeps it).
-      for c in callbacks:
-        if isinstance(c, keras.callbacks.BackupAndRestore):
+  first, first_epochs = {}, []
+  # BackupAndRestore deletes its directory, the run state and the pruned
+  # weights with it, when a fit ends; the dense fit ends at the prune, so
+  # its deletion waits for the end of the whole run.
+  deleting = [c for c in backups if c.delete_checkpoint]
+  with epi.stop_at_prune(prepare):
+    try:
+      for c in deleting:
+        c.delete_checkpoint = False
+      # A run killed after the prune: the pruned model with the weights and
+      # optimizer state saved at the cut (BackupAndRestore then loads a
+      # later checkpoint of it, if there is one).
+      pruned = epi.resume_pruned(
+          model, prepare, backups and
+          internals.backup_and_restore_checkpoint(backups[0])
+      ) if epi.backup_dir else None
+      if pruned is None:
+        model.fit(x, y, callbacks=callbacks, epochs=epochs,
+                  initial_epoch=initial_epoch, **kwargs)
+        if epi.pruned_model is None:
+          _finish(deleting)
+          return model, history_cb
+        pruned = epi.pruned_model
+        first = {k: list(v) for k, v in history_cb.history.items()}
+        first_epochs = list(history_cb.epoch)
+      if not epi.dense_checkpoint_removed:
+        # The dense model's checkpoint must not be loaded into the pruned
+        # one (BackupAndRestore(delete_checkpoint=False) keeps it, and a
+        # kill can come before it is deleted).
+        for c in backups:
           for path in internals.backup_and_restore_files(c):
             if tf.io.gfile.exists(path):
               tf.io.gfile.remove(path)
-    if epi.prune_epoch >= epochs:
-      return epi.pruned_model, history_cb
-    pruned = epi.pruned_model
-    with pruned.distribute_strategy.scope():
-      _compile_like(model, pruned, epi._surgeon)  # pylint: disable=protected-access
-    multi_worker_fit_workaround(pruned)
-    epi._continuing = True  # pylint: disable=protected-access
-    # History keeps its dict across fits but restarts `epoch`. An epoch cut
-    # short by pruning at initialisation is dropped and trained again.
-    start = epi.prune_epoch
-    dense_epochs = max(start - initial_epoch, 0)
-    history_cb.history = {k: v[:dense_epochs] for k, v in first.items()}
-    # A CSVLogger goes on in the same file rather than starting it again.
-    for c in callbacks:
-      if isinstance(c, keras.callbacks.CSVLogger) and not c.append:
-        c.append = True
-        appending.append(c)
-    pruned.fit(x, y, callbacks=callbacks, epochs=epochs, initial_epoch=start,
-               **kwargs)
-  finally:
-    epi.close()  # the gradient tap goes, whatever ended the fit
-    epi._stop_on_prune = False  # pylint: disable=protected-access
-    epi._continuing = False  # pylint: disable=protected-access
-    for c in appending:
-      c.append = False
+        epi.mark_dense_checkpoint_removed()
+      if epi.prune_epoch >= epochs:
+        _finish(deleting)
+        return pruned, history_cb
+      epi.continue_on(pruned)
+      # History keeps its dict across fits but restarts `epoch`. An epoch
+      # cut short by pruning at initialisation is dropped and trained again.
+      start = epi.prune_epoch
+      dense_epochs = max(start - initial_epoch, 0)
+      history_cb.history = {k: v[:dense_epochs] for k, v in first.items()}
+      # A CSVLogger goes on in the same file rather than starting it again.
+      for c in callbacks:
+        if isinstance(c, keras.callbacks.CSVLogger) and not c.append:
+          c.append = True
+          appending.append(c)
+      for c in deleting:
+        c.delete_checkpoint = True  # at the end of this last fit
+      pruned.fit(x, y, callbacks=callbacks, epochs=epochs,
+                 initial_epoch=start, **kwargs)
+    finally:
+      for c in appending:
+        c.append = False
+      for c in deleting:
+        c.delete_checkpoint = True
   history_cb.epoch = first_epochs[:dense_epochs] + list(history_cb.epoch)
   return pruned, history_cb
+
+
+def _finish(deleting):
+  """The end of a whole run that ended without a pruned fit: what the
+  BackupAndRestore callbacks with ``delete_checkpoint=True`` would have
+  deleted (their directory, with the run state in it), so that the same
+  command starts a new run."""
+  for c in deleting:
+    if tf.io.gfile.exists(c.backup_dir):
+      tf.io.gfile.rmtree(c.backup_dir)
 
 
 def multi_worker_fit_workaround(model):
