@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: machine facts and epoch timing."""
+"""Helpers shared by the benchmark scripts: machine facts, foreign CPU load
+and epoch timing."""
 
 import json
 import os
@@ -47,6 +48,40 @@ def machine_info():
     info["git_commit"] = None
   return info
 
+
+class CpuMonitor:
+  """CPU time used by others than this process, from /proc/stat.
+
+  `foreign_load(snapshot)` is the share of the machine's CPU capacity, since
+  `snapshot()`, spent busy (user, nice, system, irq, softirq, and steal: time
+  the hypervisor gave to other guests) outside this process. It is None where
+  /proc/stat cannot be read. Resolution is one clock tick (10 ms) per CPU.
+  """
+
+  def __init__(self):
+    self._ticks = os.sysconf("SC_CLK_TCK")
+    self._cpus = os.cpu_count()
+
+  def _busy(self):
+    try:
+      with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+      return None
+    user, nice, system, _, _, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / self._ticks
+
+  def snapshot(self):
+    return time.perf_counter(), self._busy(), time.process_time()
+
+  def foreign_load(self, snapshot):
+    wall, busy, own = snapshot
+    now_busy = self._busy()
+    if busy is None or now_busy is None:
+      return None
+    wall = time.perf_counter() - wall
+    own = time.process_time() - own
+    return max(0.0, (now_busy - busy - own) / (wall * self._cpus))
 
 
 def throughput(models, images, rounds):

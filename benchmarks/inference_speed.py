@@ -493,39 +493,7 @@ def _forward_function(model):
   return forward
 
 
-class CpuMonitor:
-  """CPU time used by others than this process, from /proc/stat.
-
-  `foreign_load(snapshot)` is the share of the machine's CPU capacity, since
-  `snapshot()`, spent busy (user, nice, system, irq, softirq, and steal: time
-  the hypervisor gave to other guests) outside this process. It is None where
-  /proc/stat cannot be read. Resolution is one clock tick (10 ms) per CPU.
-  """
-
-  def __init__(self):
-    self._ticks = os.sysconf("SC_CLK_TCK")
-    self._cpus = os.cpu_count()
-
-  def _busy(self):
-    try:
-      with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-      return None
-    user, nice, system, _, _, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / self._ticks
-
-  def snapshot(self):
-    return time.perf_counter(), self._busy(), time.process_time()
-
-  def foreign_load(self, snapshot):
-    wall, busy, own = snapshot
-    now_busy = self._busy()
-    if busy is None or now_busy is None:
-      return None
-    wall = time.perf_counter() - wall
-    own = time.process_time() - own
-    return max(0.0, (now_busy - busy - own) / (wall * self._cpus))
+CpuMonitor = common.CpuMonitor
 
 
 def _wait_for_quiet(config, monitor):

@@ -9,7 +9,10 @@ over epochs with the threshold, widths before/after), checkpoints (backup/
 while training, final.keras), and the final model as a TF SavedModel under
 saved_model/ whose `serve` endpoint takes raw uint8 images. The export is
 verified by reloading it with `tf.saved_model.load` and comparing outputs.
-With --export_tflite it also writes model.tflite (float32) and
+With --budget=latency it writes latency_table.json: the keras_epi.LatencyTable
+the cut is planned with (--latency_table, or one measured before training; a
+restarted run reads it back instead of measuring again). With
+--export_tflite it also writes model.tflite (float32) and
 model_dynamic.tflite (dynamic-range quantised) with keras_epi.export_tflite:
 uint8 images in, logits out, BatchNormalization folded, each checked in the
 TFLite interpreter on the same test images.
@@ -67,8 +70,24 @@ _AUGMENT = flags.DEFINE_bool("augment", True,
                              "Random crop and flip of training images.")
 _PRUNE_RATIO = flags.DEFINE_float("prune_ratio", 0.5,
                                   "Fraction of the budget removed.")
-_BUDGET = flags.DEFINE_enum("budget", "neurons", ["neurons", "macs"],
-                            "What --prune_ratio is a fraction of.")
+_BUDGET = flags.DEFINE_enum(
+    "budget", "neurons", ["neurons", "macs", "latency"],
+    "What --prune_ratio is a fraction of: channels, MACs, or the latency of "
+    "a training step that a keras_epi.LatencyTable predicts (0.5 asks for a "
+    "predicted 2x; see --latency_table).")
+_LATENCY_TABLE = flags.DEFINE_string(
+    "latency_table", None,
+    "With --budget=latency: a table written by LatencyTable.save, measured "
+    "on this model. Without it, one is measured before training (a "
+    "training step at the per-replica batch size, --latency_widths, "
+    "--latency_repeats). Either way it is saved as latency_table.json in "
+    "--model_dir.")
+_LATENCY_WIDTHS = flags.DEFINE_list(
+    "latency_widths", ["0.25", "0.5", "0.75", "1.0"],
+    "Width fractions of the measured table (LatencyTable.measure(widths=)).")
+_LATENCY_REPEATS = flags.DEFINE_integer(
+    "latency_repeats", 5,
+    "Timed steps per point of the measured table (the median is kept).")
 _CRITERION = flags.DEFINE_enum("criterion", "taylor", ["taylor", "magnitude"],
                                "Filter importance.")
 _POLICY = flags.DEFINE_enum(
@@ -142,6 +161,9 @@ class TrainConfig:
   augment: bool
   prune_ratio: float
   budget: str
+  latency_table: str | None
+  latency_widths: tuple[float, ...]
+  latency_repeats: int
   criterion: str
   policy: str
   prune_epoch: int | None
@@ -167,6 +189,27 @@ def config_from_flags():
   """Reads the flags into a TrainConfig and checks them."""
   config = TrainConfig(**{f.name: flags.FLAGS[f.name].value
                           for f in dataclasses.fields(TrainConfig)})
+  try:
+    widths = tuple(float(w) for w in config.latency_widths)
+  except ValueError:
+    widths = ()
+  if not widths or not all(0 < w <= 1 for w in widths):
+    raise UsageError(f"--latency_widths must be fractions in (0, 1], got "
+                     f"{','.join(config.latency_widths)}.")
+  config = dataclasses.replace(config, latency_widths=widths)
+  if config.latency_repeats < 1:
+    raise UsageError("--latency_repeats must be >= 1.")
+  if config.latency_table is not None:
+    if config.budget != "latency":
+      raise UsageError("--latency_table is only used with --budget=latency.")
+    if not os.path.isfile(config.latency_table):
+      raise UsageError(f"--latency_table={config.latency_table} is not a "
+                       "file.")
+  if (config.budget == "latency" and config.strategy == "multi_worker" and
+      config.latency_table is None):
+    raise UsageError("--budget=latency with --strategy=multi_worker needs "
+                     "--latency_table: workers that each measured their own "
+                     "table could plan different cuts.")
   if not 0 < config.prune_ratio < 1:
     raise UsageError(
         f"--prune_ratio must be in (0, 1), got {config.prune_ratio}.")
@@ -188,6 +231,32 @@ def config_from_flags():
         f"{sorted(models_lib.CIFAR_RESNETS)} or a keras.applications name "
         "(ResNet50, MobileNetV2, ...).")
   return config
+
+
+def latency_table_for(config, model, strategy, saved):
+  """The table of --latency_table; else the one a previous attempt of this
+  run saved at `saved` (so a restarted run plans with the same numbers);
+  else one measured on `model`: a training step (`train_on_batch`) at the
+  per-replica batch size."""
+  path = config.latency_table or (saved if os.path.isfile(saved) else None)
+  if path is not None:
+    try:
+      table = keras_epi.LatencyTable.load(path)
+    except (OSError, ValueError) as e:
+      raise UsageError(f"--latency_table: {e}") from None
+    logging.info("Latency table %s: %r.", path, table)
+    if not table.metadata.get("training", True):
+      logging.warning("The latency table %s was measured for inference; "
+                      "--budget=latency then plans inference time, not "
+                      "training time.", path)
+    return table
+  batch_size = max(1, config.batch_size // strategy.num_replicas_in_sync)
+  table = keras_epi.LatencyTable.measure(
+      model, batch_size=batch_size, training=True,
+      widths=config.latency_widths, repeats=config.latency_repeats)
+  logging.info("Measured %r in %.1f s.", table,
+               table.metadata["measure_seconds"])
+  return table
 
 
 def make_strategy(name, logical_cpus=0):
@@ -388,10 +457,16 @@ def main(argv):
   callbacks = [
       keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
   ]
+  latency_table = None
+  if config.budget == "latency" and config.policy != "none":
+    saved = os.path.join(model_dir, "latency_table.json")
+    latency_table = latency_table_for(config, model, strategy, saved)
+    latency_table.save(saved)
   epi = None
   if config.policy != "none":
     epi = keras_epi.EPICallback(
         prune_ratio=config.prune_ratio, budget=config.budget,
+        latency_table=latency_table,
         criterion=config.criterion, window=config.epi_window,
         threshold=config.epi_threshold, policy=config.policy,
         prune_epoch=config.prune_epoch, prune_by=config.epi_prune_by,
@@ -448,6 +523,11 @@ def main(argv):
       "saved_model_max_abs_error": export_error,
       "replicas": strategy.num_replicas_in_sync,
   }
+  if latency_table is not None:
+    summary.update(
+        latency_table=os.path.join(model_dir, "latency_table.json"),
+        latency_predicted_dense=latency_table.predict(model),
+        latency_predicted_final=latency_table.predict(final))
   if config.export_tflite:
     summary.update(export_tflite(final, model_dir, dataset, image_size,
                                  sample))

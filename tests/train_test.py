@@ -115,6 +115,45 @@ def test_prune_event_is_logged(quick_run):
   assert "epi:" in result.stdout + result.stderr
 
 
+def test_latency_budget_measures_saves_and_meets_the_table(
+    tmp_path, fashion_mnist_dir):
+  # The trainer measures its own table (the path a user takes without
+  # --latency_table) on the smallest grid: widths 0.5 and 1, one timed step
+  # per point, 16x16 inputs (~18 s of the ~45 s run on 2 CPUs, mostly
+  # tracing the standalone models).
+  result = run_train(f"--model_dir={tmp_path}", "--budget=latency",
+                     "--prune_ratio=0.3", "--latency_widths=0.5",
+                     "--latency_repeats=1", "--policy=fixed",
+                     "--prune_epoch=1", *_QUICK, "--image_size=16",
+                     f"--data_dir={fashion_mnist_dir}")
+  assert result.returncode == 0, result.stderr[-4000:]
+  import keras  # pylint: disable=g-import-not-at-top
+  import keras_epi  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "latency_table.json"
+  table = keras_epi.LatencyTable.load(path)
+  assert table.metadata["training"] is True
+  assert table.metadata["batch_size"] == 64  # --batch_size, one replica
+  assert table.metadata["widths"] == [0.5, 1.0]
+  assert table.metadata["repeats"] == 1
+  with open(tmp_path / "summary.json") as f:
+    summary = json.load(f)
+  assert summary["budget"] == "latency" and summary["prune_epoch"] == 1
+  assert summary["latency_table"] == str(path)
+  assert summary["macs_final"] < summary["macs_dense"]
+  # The plan meets the budget as the table predicts it (select_channels'
+  # promise), and the summary's prediction is the saved table's reading of
+  # the saved final model.
+  dense = summary["latency_predicted_dense"]
+  final = summary["latency_predicted_final"]
+  assert final <= (1 - 0.3) * dense * (1 + 1e-9)
+  model = keras.saving.load_model(tmp_path / "final.keras")
+  assert table.predict(model) == pytest.approx(final, rel=1e-9)
+  with open(tmp_path / "config.json") as f:
+    config = json.load(f)
+  assert config["latency_widths"] == [0.5]
+  assert config["latency_table"] is None
+
+
 @pytest.mark.parametrize("args, message", [
     (["--dataset=not_a_dataset"], "Unknown dataset 'not_a_dataset'"),
     (["--model=resnet21"], "--model=resnet21 is unknown"),
@@ -122,6 +161,14 @@ def test_prune_event_is_logged(quick_run):
     (["--policy=fixed"], "--policy=fixed needs --prune_epoch"),
     (["--policy=none", "--epi_prune_by=3"], "--epi_prune_by must be >= 1"),
     (["--strategy=multi_worker"], "needs TF_CONFIG"),
+    (["--budget=latency", "--latency_table=/nonexistent/table.json"],
+     "--latency_table=/nonexistent/table.json is not a file"),
+    (["--latency_table=/nonexistent/table.json"],
+     "--latency_table is only used with --budget=latency"),
+    (["--budget=latency", "--latency_widths=0.5,2"],
+     "--latency_widths must be fractions in (0, 1]"),
+    (["--budget=latency", "--strategy=multi_worker"],
+     "--budget=latency with --strategy=multi_worker needs --latency_table"),
 ])
 def test_bad_flags_give_one_clear_message(args, message, tmp_path,
                                           fashion_mnist_dir):
