@@ -14,7 +14,6 @@ import tensorflow as tf
 
 from keras_epi import _keras_internals as internals
 from keras_epi import callbacks as callbacks_lib
-from keras_epi import surgeon as surgeon_lib
 
 
 def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
