@@ -67,6 +67,12 @@ _TABLE_WIDTHS = flags.DEFINE_list(
     "LatencyTable.measure(widths=...): fractions of each layer's width.")
 _TABLE_REPEATS = flags.DEFINE_integer(
     "table_repeats", 5, "LatencyTable.measure(repeats=...).")
+_SCORES = flags.DEFINE_enum(
+    "scores", "magnitude", ["magnitude", "normalized"],
+    "Channel scores: keras_epi.magnitude_importance, or the same divided by "
+    "its group's mean (with weights=None, raw magnitudes differ between "
+    "layers by their initialisation scale, which drives a global ranking to "
+    "cut some layers to a channel or two).")
 _TRAINING = flags.DEFINE_bool(
     "training", False, "Time a training step (train_on_batch) against a "
     "training=True table instead of inference.")
@@ -104,6 +110,7 @@ class Config:
   table_widths: tuple
   table_repeats: int
   table_warmup: int
+  scores: str
   training: bool
   timing: str
   tflite: bool
@@ -124,7 +131,7 @@ def _config_from_flags():
       round_to=_ROUND_TO.value,
       table_widths=tuple(float(w) for w in _TABLE_WIDTHS.value),
       table_repeats=_TABLE_REPEATS.value, table_warmup=2,
-      training=_TRAINING.value,
+      scores=_SCORES.value, training=_TRAINING.value,
       timing="train_on_batch" if _TRAINING.value else _TIMING.value,
       tflite=_TFLITE.value, tflite_threads=_TFLITE_THREADS.value,
       rounds=_ROUNDS.value, warmup=_WARMUP.value,
@@ -201,6 +208,8 @@ def _plans(config, model, table, dense_macs):
   the same MACs fraction."""
   groups = keras_epi.channel_groups(model)
   scores = keras_epi.magnitude_importance(model, groups)
+  if config.scores == "normalized":
+    scores = {k: v / max(float(np.mean(v)), 1e-12) for k, v in scores.items()}
   plans = {}
   for ratio in config.ratios:
     try:
@@ -298,7 +307,9 @@ def _markdown(results):
            f"{results['date']}, {results['machine'].get('cpu_model')}, "
            f"{results['machine']['usable_cpus']} CPUs. Medians over "
            f"{config['rounds']} alternated rounds; speed-up quartiles of "
-           "the per-round paired ratios in brackets.", ""]
+           "the per-round paired ratios in brackets. Channel scores: "
+           f"{config.get('scores', 'magnitude')} (random weights). Backend: "
+           "TensorFlow (Keras 3).", ""]
   for entry in results["models"]:
     lines.append(f"## {entry['model']} {tuple(entry.get('input_shape', ()))}")
     if "error" in entry:
