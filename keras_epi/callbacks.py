@@ -304,11 +304,11 @@ class EPICallback(keras.callbacks.Callback):
   # -- Keras lifecycle ----------------------------------------------------------
 
   def on_train_begin(self, logs=None):
+    if not (self._handoff and self._handoff["continuing"]):
+      self.close()  # a tap left by a fit that ended with an exception
     self._claim_model()
     if self._handoff and self._handoff["continuing"]:
       return
-    self.close()  # a tap left by a fit that ended with an exception
-    self._claim_model()
     self._reset()
     model = self.model
     self._analysis = graph.analyze(model, self.ignore)
@@ -360,13 +360,13 @@ class EPICallback(keras.callbacks.Callback):
       self._state.record_epoch(epoch, None, self.trigger.get_state())
       self._save_state()
       return
-    record, fired = self._score_epoch(epoch)
+    record, keep, fired = self._score_epoch(epoch)
     self._state.record_epoch(epoch, record, self.trigger.get_state())
     logs.update(self._last_logs)
     if fired and self.trigger.gradual_steps > 1:
       self._start_gradual(epoch + 1)
     elif fired:
-      self._prune(self.importance, epoch + 1, self._keep_now)
+      self._prune(self.importance, epoch + 1, keep)
     self._save_state()
 
   def on_train_end(self, logs=None):
@@ -413,15 +413,14 @@ class EPICallback(keras.callbacks.Callback):
 
   def _score_epoch(self, epoch):
     """Scores the epoch, shows its dominant sub-network to the trigger;
-    returns (the epoch's record or None, whether to prune)."""
+    returns (the epoch's record or None, its plan, whether to prune)."""
     scores = self._scoring.scores(epoch)
-    self._keep_now = None
     if scores is None:  # nothing (finite) scored this epoch
       if not self.trigger.due(epoch):
-        return None, False
+        return None, None, False
       scores = self._scoring.scores_for_pruning(epoch)  # still fires
     self.importance = scores
-    keep = self._keep_now = self._plan(scores, self.prune_ratio)
+    keep = self._plan(scores, self.prune_ratio)
     widths = {g.name: len(keep[g.name]) for g in self._groups}
     self._epi.update(list(widths.values()))
     sub = triggers_lib.SubNetwork(
@@ -438,7 +437,7 @@ class EPICallback(keras.callbacks.Callback):
                                self._macs_dense),
         **self.trigger.logs()}
     return {"widths": widths, "epi": self._epi.latest,
-            "logs": self._last_logs}, bool(fired)
+            "logs": self._last_logs}, keep, bool(fired)
 
   # -- pruning ----------------------------------------------------------------
 
