@@ -252,9 +252,10 @@ class EPICallback(keras.callbacks.Callback):
     self.pruned_model = pruned_model
     self._handoff["continuing"] = True
 
-  def resume_pruned(self, model, prepare, checkpoint=None):
-    """The pruned model of an interrupted run, from the state in
-    `backup_dir`: rebuilt from `model` with the saved plan, prepared, and
+  def resume_pruned(self, model, checkpoint=None):
+    """Inside `stop_at_prune`: the pruned model of an interrupted run, from
+    the state in `backup_dir`: rebuilt from `model` with the saved plan,
+    given to `stop_at_prune`'s `prepare`, and
     given the trained weights and optimizer state saved at the cut. If the
     run was killed after the trigger but before those were written, they
     are made again from `checkpoint` (``(weights file, epochs done)`` of
@@ -264,7 +265,10 @@ class EPICallback(keras.callbacks.Callback):
     self._reset()
     self.trigger.start(self.criterion, window=self.window,
                        threshold=self.threshold)
-    saved = _load_state(self, None, model)
+    analysis = None
+    if self.state_file and self.state_file.exists():
+      analysis = graph.analyze(model, self.ignore)
+    saved = _load_state(self, analysis, model)
     if saved is None or saved.prune is None:
       return None
     pending = saved.prune.get("weights") is None
@@ -283,12 +287,9 @@ class EPICallback(keras.callbacks.Callback):
     self._adopt(saved)
     with model.distribute_strategy.scope():
       self.pruned_model, self.surgeon = surgeon_lib.prune_with_surgeon(
-          model, self.keep, self.ignore)
-    if pending:
-      self._finish_cut()
-    else:
-      with model.distribute_strategy.scope():
-        prepare(self.pruned_model, self.surgeon)
+          model, self.keep, self.ignore, analysis=analysis)
+    self._finish_cut(save=pending)
+    if not pending:
       self.state_file.load_weights(self.pruned_model)
     return self.pruned_model
 
@@ -498,12 +499,13 @@ class EPICallback(keras.callbacks.Callback):
     if self._handoff is not None:
       model.stop_training = True  # `on_train_end` finishes the cut
 
-  def _finish_cut(self):
+  def _finish_cut(self, save=True):
     """`stop_at_prune`'s end of the dense fit: the pruned model prepared,
-    its weights and optimizer state saved, then the state naming them."""
+    then (with `save`) its weights and optimizer state saved, and the state
+    naming them."""
     with self.pruned_model.distribute_strategy.scope():
       self._handoff["prepare"](self.pruned_model, self.surgeon)
-    if self.state_file:
+    if save and self.state_file:
       self._state.prune["weights"] = self.state_file.save_weights(
           self.pruned_model)
       self._save_state()
@@ -634,8 +636,6 @@ def _prunable_groups(callback, analysis):
 def _load_state(callback, analysis, model):
   """The state saved in the callback's `backup_dir` for `model`, or None."""
   saved = callback.state_file.load() if callback.state_file else None
-  if saved is not None and analysis is None:
-    analysis = graph.analyze(model, callback.ignore)
   if saved is not None and saved.fingerprint["groups"] != _fingerprint(
       model, analysis)["groups"]:
     warnings.warn(

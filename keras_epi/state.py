@@ -130,6 +130,9 @@ class StateFile:
     self.path = os.path.join(self.directory, STATE_FILE)
     self.weights_path = os.path.join(self.directory, WEIGHTS_FILE)
 
+  def exists(self):
+    return tf.io.gfile.exists(self.path)
+
   def load(self):
     """The saved `RunState`, or None; a ValueError for an unreadable one."""
     if not tf.io.gfile.exists(self.path):

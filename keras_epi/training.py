@@ -85,7 +85,7 @@ def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
       # optimizer state saved at the cut (BackupAndRestore then loads a
       # later checkpoint of it, if there is one).
       pruned = epi.resume_pruned(
-          model, prepare, backups and
+          model, backups and
           internals.backup_and_restore_checkpoint(backups[0])
       ) if epi.backup_dir else None
       if pruned is None:
