@@ -11,6 +11,15 @@ report compares, per model, the table's prediction (`LatencyTable.predict`)
 with the measured time, the requested speed-up with the measured one, and the
 latency plan with the MAC plan of equal MACs.
 
+Two prediction errors are reported. The absolute one compares seconds
+predicted from a table measured minutes earlier with seconds measured now;
+this host drifts by tens of percent within minutes, and the dense row's own
+error shows how much. The error of time/dense compares the plan's predicted
+fraction of the dense time with the paired fraction measured in the same
+rounds: what a ratio budget relies on, free of that drift. Plans and the
+table use ``--round_to=8`` by default (widths off a multiple of 8 take
+slower kernels; see the benchmarks README).
+
   python -m benchmarks.latency_budget                    # results/
   python -m benchmarks.latency_budget --training         # ResNet-20, batch 128
   python -m benchmarks.latency_budget --quick --models=resnet20   # to /tmp
@@ -60,7 +69,7 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224,
                                    "keras.applications input size.")
 _RATIOS = flags.DEFINE_list(
     "ratios", ["0.5"], "Latency fractions to remove (0.5 asks for 2x).")
-_ROUND_TO = flags.DEFINE_integer("round_to", 1,
+_ROUND_TO = flags.DEFINE_integer("round_to", 8,
                                  "Kept widths are multiples of this.")
 _TABLE_WIDTHS = flags.DEFINE_list(
     "table_widths", ["0.25", "0.5", "0.75", "1.0"],
@@ -242,14 +251,16 @@ def _benchmark(config, name, rng):
   table = keras_epi.LatencyTable.measure(
       model, batch_size=config.batch_size, training=config.training,
       widths=config.table_widths, repeats=config.table_repeats,
-      warmup=config.table_warmup)
+      warmup=config.table_warmup, round_to=config.round_to)
   table_seconds = time.perf_counter() - start
   plans = _plans(config, model, table, dense_macs)
   entry = {"model": name, "input_shape": list(model.input_shape[1:]),
            "dense_macs": dense_macs, "table_seconds": table_seconds,
            "table_layers": len(table.entries),
            "table_distinct_layers": table.metadata.get("distinct_layers"),
-           "table_fixed_seconds": table.fixed, "plans": {}}
+           "table_fixed_seconds": table.fixed, "table_scale": table.scale,
+           "table_calibration": table.metadata.get("calibration"),
+           "plans": {}}
   models = {"dense": model}
   rows = {"dense": {"predicted_seconds": table.predict(model),
                     "macs_fraction": 1.0}}
@@ -274,6 +285,10 @@ def _benchmark(config, name, rng):
     row.update(
         measured_seconds=measured,
         prediction_error=(predicted - measured) / measured,
+        # The fraction of dense predicted vs the paired fraction measured:
+        # free of the machine's drift between the table and these rounds.
+        relative_error=(predicted / rows["dense"]["predicted_seconds"]) /
+        timing["ratio"][plan_name] - 1.0,
         predicted_speedup=rows["dense"]["predicted_seconds"] / predicted,
         measured_speedup=1.0 / timing["ratio"][plan_name],
         measured_speedup_quartiles=[1.0 / high, 1.0 / low])
@@ -293,6 +308,11 @@ def _benchmark(config, name, rng):
     tflite["bytes"] = sizes
     entry["tflite"] = tflite
   return entry
+
+
+def _fractions(entry):
+  points = entry.get("table_calibration") or [{"fraction": 1.0}]
+  return ", ".join(f"{p['fraction']:g}" for p in points)
 
 
 def _ms(seconds):
@@ -319,14 +339,17 @@ def _markdown(results):
     lines += ["", f"Table: {entry['table_layers']} layers "
               f"({entry['table_distinct_layers']} distinct), measured in "
               f"{entry['table_seconds']:.1f} s; fixed term "
-              f"{_ms(entry['table_fixed_seconds'])} ms. Largest foreign CPU "
+              f"{_ms(entry['table_fixed_seconds'])} ms, scale "
+              f"{entry.get('table_scale', 1.0):.3f} (the line through the "
+              f"whole model's times at uniform widths "
+              f"{_fractions(entry)}). Largest foreign CPU "
               f"load in a round: {max(loads) if loads else float('nan'):.2f}.",
               "", "| model | MACs | predicted ms | measured ms | error | "
-              "speed-up asked | predicted | measured |",
-              "|---|---|---|---|---|---|---|---|"]
+              "error of time/dense | speed-up asked | predicted | measured |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for plan_name, row in entry["plans"].items():
       if "error" in row:
-        lines.append(f"| {plan_name} | failed: {row['error']} |||||||")
+        lines.append(f"| {plan_name} | failed: {row['error']} ||||||||")
         continue
       asked = row.get("requested_speedup")
       low, high = row["measured_speedup_quartiles"]
@@ -335,6 +358,7 @@ def _markdown(results):
           f"{_ms(row['predicted_seconds'])} | "
           f"{_ms(row['measured_seconds'])} | "
           f"{100 * row['prediction_error']:+.1f}% | "
+          f"{100 * row.get('relative_error', float('nan')):+.1f}% | "
           f"{'' if asked is None else f'{asked:.2f}x'} | "
           f"{row['predicted_speedup']:.2f}x | "
           f"{row['measured_speedup']:.2f}x [{low:.2f}, {high:.2f}] |")

@@ -253,7 +253,8 @@ def latency_table_for(config, model, strategy, saved):
   batch_size = max(1, config.batch_size // strategy.num_replicas_in_sync)
   table = keras_epi.LatencyTable.measure(
       model, batch_size=batch_size, training=True,
-      widths=config.latency_widths, repeats=config.latency_repeats)
+      widths=config.latency_widths, repeats=config.latency_repeats,
+      round_to=config.round_to)
   logging.info("Measured %r in %.1f s.", table,
                table.metadata["measure_seconds"])
   return table

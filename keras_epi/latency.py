@@ -10,11 +10,13 @@ chooses channels under a latency budget. `LatencyTable` is that measurement:
 * `LatencyTable.measure(model)` times every *counted* call of the model
   (those whose layer-registry rule has a `macs` formula: convolutions of all
   kinds and Dense) as a small standalone model at a grid of (input width,
-  output width), and the whole model once. The difference between the whole
-  model and the sum of its layers at full width is the `fixed` term: the
-  per-op and element-wise cost that no layer entry sees.
+  output width). It then times the whole model, dense and cut to a few
+  uniform widths, and fits ``whole = scale * (sum of the layers) + fixed``
+  through those points: `fixed` is the per-op and element-wise cost that no
+  layer entry sees, and `scale` corrects what timing layers one by one gets
+  wrong about them inside the model (caches, threads, fused ops).
 * `predict(model, keep)` reads the table at a plan's widths (bilinear
-  interpolation) and adds `fixed`.
+  interpolation), multiplies the sum by `scale` and adds `fixed`.
 * `save` / `load`: plain JSON, with the machine, versions, backend, batch
   size and mode recorded beside the numbers.
 
@@ -46,7 +48,7 @@ from keras_epi import surgeon
 
 _L = keras.layers
 FORMAT = "keras_epi.LatencyTable"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added "scale"; version 1 files load with scale 1
 _FIXED_LABEL = 0  # graph's label of channels that must be kept
 _FOLLOWERS = (_L.BatchNormalization, _L.Activation, _L.ReLU, _L.LeakyReLU,
               _L.ELU)
@@ -57,7 +59,8 @@ class LatencyTable:
   """Seconds per layer call against its channel widths, plus a fixed term.
 
   Build one with `LatencyTable.measure` (or `load`); a table can also be
-  written by hand, which is how the tests make exact oracles.
+  written by hand, which is how the tests make exact oracles. A model's
+  predicted seconds are ``scale * sum(entries at its widths) + fixed``.
 
   Args:
     entries: ``{layer key: entry}``. The key is the layer's path
@@ -71,6 +74,8 @@ class LatencyTable:
       ``"followers"``, ``"raw_seconds"``) are kept as they are;
       ``"in_shape"``, when given, is checked against the model predicted.
     fixed: Seconds of the whole model that no entry accounts for.
+    scale: Factor from the sum of the entries to their time inside the
+      whole model (> 0; 1 for a table written by hand).
     metadata: A JSON-serialisable dict (machine, versions, batch size, ...).
 
   Raises:
@@ -87,7 +92,7 @@ class LatencyTable:
   ```
   """
 
-  def __init__(self, entries, fixed=0.0, metadata=None):
+  def __init__(self, entries, fixed=0.0, metadata=None, scale=1.0):
     if not isinstance(entries, dict) or not all(
         isinstance(k, str) for k in entries):
       raise ValueError(f"`entries` must be a dict {{layer key: entry}}, "
@@ -95,11 +100,16 @@ class LatencyTable:
     if not validation.is_number(fixed) or not math.isfinite(fixed):
       raise ValueError(f"`fixed` must be a finite number of seconds, "
                        f"received {fixed!r}.")
+    if not validation.is_number(scale) or not (math.isfinite(scale) and
+                                                scale > 0):
+      raise ValueError(f"`scale` must be a finite number > 0, received "
+                       f"{scale!r}.")
     if metadata is not None and not isinstance(metadata, dict):
       raise ValueError(f"`metadata` must be a dict or None, received "
                        f"{type(metadata).__name__}.")
     self.entries = {key: _checked_entry(key, e) for key, e in entries.items()}
     self.fixed = float(fixed)
+    self.scale = float(scale)
     self.metadata = dict(metadata or {})
 
   # -- measuring ------------------------------------------------------------
@@ -107,7 +117,7 @@ class LatencyTable:
   @classmethod
   def measure(cls, model, *, batch_size=8, training=False,
               widths=(0.25, 0.5, 0.75, 1.0), repeats=5, warmup=2,
-              ignore=()):
+              ignore=(), calibrate=(0.25, 0.5, 0.75), round_to=1):
     """Times `model`'s counted layers at a grid of widths on this machine.
 
     Every call of a layer whose registry rule has a `macs` formula
@@ -119,11 +129,11 @@ class LatencyTable:
     (Activation, ReLU, LeakyReLU, ELU), each the only reader of the tensor
     before it, since their cost follows the same output width. Anything
     else (residual adds, pooling, concatenations, a BN after a branch) is
-    left to the `fixed` term. Widths are ``max(1, round(f * C))`` for each
-    fraction f (full width always included); an axis whose channels the
-    graph keeps whole (model inputs and outputs, `ignore`) is timed at its
-    full width only, and a depthwise layer's output width follows its input
-    width (one axis). Layers with the same class, config, shapes and
+    left to the `fixed` term. Widths are ``round(f * C)`` for each fraction
+    f, rounded to a multiple of `round_to` and at least 1 (full width always
+    included); an axis whose channels the graph keeps whole (model inputs
+    and outputs, `ignore`) is timed at its full width only, and a depthwise
+    layer's output width follows its input width (one axis). Layers with the same class, config, shapes and
     followers are timed once.
 
     A time is the median of `repeats` calls after `warmup` calls, of
@@ -139,10 +149,21 @@ class LatencyTable:
     point), so that noise cannot make a narrower layer predict slower; the
     medians as measured are kept as ``"raw_seconds"``.
 
-    The whole model is timed once the same way, on a clone with fresh
-    weights (so the caller's model, its weights and BatchNormalization
-    statistics are untouched), and ``fixed`` = whole - the sum of the
-    entries at full width.
+    Then whole models are timed, each a clone with fresh weights (so the
+    caller's model, its weights and BatchNormalization statistics are
+    untouched): the dense model and, for each fraction f of `calibrate`,
+    the model with every channel group cut to its first ``round(f * size)``
+    channels (rounded the same way; `keras_epi.prune_model`). They are
+    timed in ``max(2 * repeats, 7)`` rounds, each timing every model in a
+    rotating order (one untimed call, then the median of 3 back-to-back
+    calls), so that a slow spell of the machine falls on all of them; the
+    median over rounds is kept. `scale` and `fixed` are the line ``whole =
+    scale * layers + fixed`` through the dense point that fits the others
+    best (least squares), where ``layers`` is the sum of the entries at the
+    model's widths: the dense model, which every ratio is taken against, is
+    predicted as measured. With ``calibrate=()`` (or where the model cannot
+    be cut, or the fit gives no positive scale), ``scale = 1`` and
+    ``fixed`` = dense whole - the sum at full width.
 
     Args:
       model: A built functional or Sequential model with fixed input shapes.
@@ -153,6 +174,13 @@ class LatencyTable:
       warmup: Untimed calls before them (the first traces and compiles).
       ignore: Layer names whose channels stay (see
         `keras_epi.channel_groups`): their widths are not varied.
+      calibrate: Fractions in (0, 1) of uniform widths at which the whole
+        model is also timed to fit `scale` and `fixed`; ``()`` for the
+        dense model alone.
+      round_to: Time widths that are multiples of this (as the planner's
+        `round_to` keeps them). On many back ends a width off a multiple
+        of 8 or 16 takes a slower kernel, so a table measured at round
+        widths predicts plans made with the same `round_to` better.
 
     Returns:
       A `LatencyTable` whose `metadata` records the machine (platform,
@@ -172,6 +200,8 @@ class LatencyTable:
       raise ValueError(f"`training` must be True or False, received "
                        f"{training!r}.")
     widths = _fractions(widths)
+    calibrate = _calibration_fractions(calibrate)
+    round_to = _positive_int("round_to", round_to)
     started = time.perf_counter()
     analysis = graph.analyze(model, ignore, strict=False)
     timer = _Timer(batch_size, bool(training), int(warmup), repeats)
@@ -179,7 +209,7 @@ class LatencyTable:
     counted = _counted_calls(analysis)
     for key, call in counted:
       _check_known_shapes(call)
-      spec = _Spec(analysis, call, widths, bool(training))
+      spec = _Spec(analysis, call, widths, bool(training), round_to)
       if spec.signature not in measured:
         measured[spec.signature] = spec.measure(timer)
         logging.info("LatencyTable: %s (%s) timed at %d widths",
@@ -187,25 +217,29 @@ class LatencyTable:
                      np.size(measured[spec.signature]))
       raw = measured[spec.signature]
       entries[key] = spec.entry(raw)
-    whole = timer.whole(model)
-    full = sum(_full_width_seconds(e) for e in entries.values())
-    fixed = whole - full
+    layers = cls(entries).predictor(analysis)  # scale 1, fixed 0
+    points = _calibration_points(model, analysis, calibrate, ignore, timer,
+                                 layers, round_to)
+    whole, full = points[0]["whole_seconds"], points[0]["layer_seconds"]
+    scale, fixed = _fit(points)
     if fixed < 0:
-      logging.warning(
-          "LatencyTable: the layers alone (%.4g s) took longer than the "
-          "whole model (%.4g s); the fixed term is negative. On a busy "
-          "machine, measure again with more `repeats`.", full, whole)
+      logging.info(
+          "LatencyTable: the fixed term is negative (%.4g s): the layers "
+          "timed alone (%.4g s at full width) cost more than inside the "
+          "whole model (%.4g s).", fixed, full, whole)
     metadata = _environment()
     metadata.update({
         "model": model.name, "batch_size": batch_size,
         "training": bool(training), "widths": list(widths),
+        "round_to": round_to,
         "repeats": repeats, "warmup": int(warmup),
         "whole_seconds": whole, "layer_seconds": full,
+        "calibration": points,
         "distinct_layers": len(measured),
         "measure_seconds": time.perf_counter() - started,
         "timing": ("train_on_batch" if training else "predict_on_batch"),
     })
-    return cls(entries, fixed, metadata)
+    return cls(entries, fixed, metadata, scale=scale)
 
   # -- predicting -----------------------------------------------------------
 
@@ -216,8 +250,8 @@ class LatencyTable:
     under the plan (`keras_epi.plan.ResolvedPlan`) by bilinear
     interpolation between the measured widths (linear for a depthwise
     entry); below the narrowest measured width the narrowest interval is
-    extended linearly (`interpolate`). The sum plus `fixed` is the
-    prediction. Layers are keyed by
+    extended linearly (`interpolate`). ``scale`` times the sum, plus
+    `fixed`, is the prediction. Layers are keyed by
     path, which `keras_epi.prune_model` keeps, so a table measured on the
     dense model predicts both its plans and the pruned models themselves.
 
@@ -264,13 +298,13 @@ class LatencyTable:
 
     def predict(keep):
       resolved = plan_lib.ResolvedPlan(analysis, keep)
-      total = self.fixed
+      total = 0.0
       for call, entry in items:
         masks = resolved.masks(call)
         n_in = int(masks["in"].sum()) if masks["in"] is not None else 0
         n_out = int(masks["out"].sum())
         total += interpolate(entry, n_in, n_out)
-      return total
+      return self.scale * total + self.fixed
     return predict
 
   # -- files ----------------------------------------------------------------
@@ -279,6 +313,7 @@ class LatencyTable:
     """The table as plain JSON-serialisable data."""
     return {"format": FORMAT, "version": FORMAT_VERSION,
             "metadata": self.metadata, "fixed": self.fixed,
+            "scale": self.scale,
             "entries": {key: _plain(e) for key, e in self.entries.items()}}
 
   @classmethod
@@ -287,13 +322,15 @@ class LatencyTable:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
       raise ValueError(f"Not a {FORMAT}: expected a JSON object with "
                        f"\"format\": \"{FORMAT}\".")
-    if data.get("version") != FORMAT_VERSION:
+    if data.get("version") not in (1, FORMAT_VERSION):
       raise ValueError(f"{FORMAT} version {data.get('version')!r} is not "
-                       f"supported (this keras_epi reads {FORMAT_VERSION}).")
+                       f"supported (this keras_epi reads 1 to "
+                       f"{FORMAT_VERSION}).")
     for name in ("entries", "fixed"):
       if name not in data:
         raise ValueError(f"{FORMAT} without {name!r}.")
-    return cls(data["entries"], data["fixed"], data.get("metadata"))
+    return cls(data["entries"], data["fixed"], data.get("metadata"),
+               scale=data.get("scale", 1.0))
 
   def save(self, path):
     """Writes the table as JSON to `path`."""
@@ -327,7 +364,7 @@ class LatencyTable:
   def __repr__(self):
     meta = self.metadata
     return (f"LatencyTable({len(self.entries)} layers, fixed={self.fixed:.4g}"
-            f" s, batch_size={meta.get('batch_size')}, "
+            f" s, scale={self.scale:.4g}, batch_size={meta.get('batch_size')}, "
             f"training={meta.get('training')}, "
             f"backend={meta.get('backend')!r})")
 
@@ -394,7 +431,7 @@ def _check_known_shapes(call):
 class _Spec:
   """One counted call: its grid, followers and standalone models."""
 
-  def __init__(self, analysis, call, widths, training):
+  def __init__(self, analysis, call, widths, training, round_to):
     self.call = call
     self.in_shape = tuple(call.in_shapes[0])
     self.out_shape = tuple(call.out_shapes[0])
@@ -409,13 +446,13 @@ class _Spec:
     if not in_free or len(ins) != c_in:
       self.in_grid = [c_in]
     else:
-      self.in_grid = _grid(c_in, c_in - in_free, widths)
+      self.in_grid = _grid(c_in, c_in - in_free, widths, round_to)
     if self.tied:
       self.out_grid = None
     elif not out_free or call.rule.config is None or len(outs) != c_out:
       self.out_grid = [c_out]
     else:
-      self.out_grid = _grid(c_out, c_out - out_free, widths)
+      self.out_grid = _grid(c_out, c_out - out_free, widths, round_to)
     self.followers = _followers(analysis, call)
     tensor = call.node.input_tensors[0]
     self.dtype = tensor.dtype
@@ -476,10 +513,19 @@ class _Spec:
             "followers": [f.path for f in self.followers]}
 
 
-def _grid(full, minimum, widths):
-  values = {max(1, minimum, int(round(f * full))) for f in widths}
+def _grid(full, minimum, widths, round_to=1):
+  values = {max(minimum, _rounded(f * full, round_to, full)) for f in widths}
   values.add(full)
   return sorted(values)
+
+
+def _rounded(width, round_to, full):
+  """`width` to the nearest multiple of `round_to`, within [1, full] (at
+  least `round_to` where the full width allows); the full width stays."""
+  if width >= full:
+    return full
+  value = int(round(width / round_to)) * round_to
+  return min(full, max(value, min(round_to, full), 1))
 
 
 def _followers(analysis, call):
@@ -548,10 +594,6 @@ def _monotone(raw):
   return out
 
 
-def _full_width_seconds(entry):
-  return float(entry["seconds"][(-1,) * entry["seconds"].ndim])
-
-
 class _Timer:
   """Medians of `predict_on_batch` / `train_on_batch` calls."""
 
@@ -575,6 +617,43 @@ class _Timer:
     return tensors[0] if len(tensors) == 1 else tensors
 
   def time(self, model):
+    step = self.step(model)
+    for _ in range(self.warmup):
+      step()
+    times = []
+    for _ in range(self.repeats):
+      start = time.perf_counter()
+      step()
+      times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+  def time_together(self, models, burst=3):
+    """Seconds per call of each of `models` when called back to back.
+
+    ``max(2 * repeats, 7)`` rounds each time every model in an order that
+    rotates from round to round: one untimed call (the model's weights
+    come back into the caches after another model's call), then `burst`
+    timed calls, of which the median is the round's value. The median over
+    rounds is returned."""
+    steps = [self.step(m) for m in models]
+    for step in steps:
+      for _ in range(self.warmup):
+        step()
+    times = [[] for _ in steps]
+    for r in range(max(2 * self.repeats, 7)):
+      for k in range(len(steps)):
+        i = (k + r) % len(steps)
+        steps[i]()
+        calls = []
+        for _ in range(burst):
+          start = time.perf_counter()
+          steps[i]()
+          calls.append(time.perf_counter() - start)
+        times[i].append(float(np.median(calls)))
+    return [float(np.median(t)) for t in times]
+
+  def step(self, model):
+    """One timed call of `model`, compiled for it."""
     x = self.inputs(model)
     if self.training:
       model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0),
@@ -588,14 +667,7 @@ class _Timer:
     else:
       def step():
         model.predict_on_batch(x)
-    for _ in range(self.warmup):
-      step()
-    times = []
-    for _ in range(self.repeats):
-      start = time.perf_counter()
-      step()
-      times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return step
 
   def null(self, spec, n_in):
     key = (spec.in_shape[:-1], n_in, str(spec.dtype), spec.gate)
@@ -604,9 +676,9 @@ class _Timer:
     return self._nulls[key]
 
   def whole(self, model):
-    """Seconds of the whole model, timed on a clone (fresh weights, same
-    architecture), so the caller's model gains no graph node and keeps its
-    weights and BatchNormalization statistics."""
+    """The model to time for the whole `model`: a clone (fresh weights,
+    same architecture), so the caller's model gains no graph node and keeps
+    its weights and BatchNormalization statistics."""
     try:
       model = keras.models.clone_model(model)
     except Exception as e:  # pylint: disable=broad-except
@@ -624,7 +696,56 @@ class _Timer:
     total = _per_example_mean(outputs[0])
     for out in outputs[1:]:
       total = total + _per_example_mean(out)
-    return self.time(keras.Model(inputs, total))
+    return keras.Model(inputs, total)
+
+
+def _calibration_points(model, analysis, fractions, ignore, timer, layers,
+                        round_to):
+  """``[{fraction, layer_seconds, whole_seconds}]``: the dense model first,
+  then `model` cut to each uniform fraction of its groups' widths."""
+  plans = [(1.0, {})]
+  for f in sorted(fractions, reverse=True):
+    plans.append((f, {g.name: np.arange(_rounded(f * g.size, round_to,
+                                                 g.size))
+                      for g in analysis.groups}))
+  models = [timer.whole(model)]
+  for f, keep in plans[1:]:
+    try:
+      small = surgeon.prune_model(model, keep, ignore=ignore)
+    except ValueError as e:  # e.g. a layer the surgeon cannot cut
+      logging.warning("LatencyTable: the model cannot be cut to uniform "
+                      "widths (%s); fitting `fixed` on the dense model "
+                      "alone (scale 1).", e)
+      plans = plans[:1]
+      models = models[:1]
+      break
+    models.append(timer.whole(small))
+  seconds = timer.time_together(models)
+  return [{"fraction": f, "layer_seconds": layers(keep),
+           "whole_seconds": s} for (f, keep), s in zip(plans, seconds)]
+
+
+def _fit(points):
+  """``(scale, fixed)`` of the least-squares line through the other points
+  that passes through the first (the dense model, which every ratio is
+  taken against, so it is predicted exactly); scale 1 if there is one
+  point, or if the line has no positive slope (then with a warning)."""
+  dense = points[0]
+  x0, y0 = dense["layer_seconds"], dense["whole_seconds"]
+  if len(points) > 1:
+    x = np.array([p["layer_seconds"] for p in points[1:]]) - x0
+    y = np.array([p["whole_seconds"] for p in points[1:]]) - y0
+    if float(x @ x) > 0:
+      scale = float(x @ y) / float(x @ x)
+      if scale > 0 and math.isfinite(scale):
+        return scale, y0 - scale * x0
+    x, y = x + x0, y + y0
+    logging.warning(
+        "LatencyTable: the whole model's times at uniform widths %s do not "
+        "grow with the layers' times %s; using scale 1 and the dense model "
+        "alone. On a busy machine, measure again with more `repeats`.",
+        [round(v, 6) for v in y], [round(v, 6) for v in x])
+  return 1.0, dense["whole_seconds"] - dense["layer_seconds"]
 
 
 # -- metadata and validation --------------------------------------------------
@@ -716,6 +837,17 @@ def _fractions(widths):
     raise ValueError(f"`widths` must be fractions in (0, 1], received "
                      f"{widths!r}.")
   return sorted({float(f) for f in widths} | {1.0})
+
+
+def _calibration_fractions(values):
+  if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+    raise ValueError(f"`calibrate` must be fractions in (0, 1), received "
+                     f"{values!r}.")
+  values = list(values)
+  if not all(validation.is_number(f) and 0.0 < f < 1.0 for f in values):
+    raise ValueError(f"`calibrate` must be fractions in (0, 1), received "
+                     f"{values!r}.")
+  return sorted({float(f) for f in values})
 
 
 def _positive_int(name, value):

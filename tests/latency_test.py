@@ -103,9 +103,26 @@ def test_measure_has_an_entry_per_counted_layer_and_a_fixed_term(measured):
     assert key in meta
   assert meta["batch_size"] == 4 and meta["training"] is False
   assert meta["backend"] == keras.backend.backend()
-  # By construction the dense prediction is the whole model's time.
-  np.testing.assert_allclose(table.predict(model), meta["whole_seconds"],
-                             rtol=1e-9)
+  # The whole model was timed dense and at 3 uniform widths; scale and
+  # fixed are their least-squares line over the layers' sum.
+  points = meta["calibration"]
+  assert [p["fraction"] for p in points] == [1.0, 0.75, 0.5, 0.25]
+  assert points[0]["whole_seconds"] == meta["whole_seconds"]
+  x = np.array([p["layer_seconds"] for p in points])
+  y = np.array([p["whole_seconds"] for p in points])
+  scale = ((x[1:] - x[0]) @ (y[1:] - y[0])) / ((x[1:] - x[0]) @ (x[1:] - x[0]))
+  if scale > 0:
+    assert table.scale == pytest.approx(scale)
+  else:  # a noisy fit falls back to scale 1
+    assert table.scale == 1.0
+  # The line passes through the dense point: the dense model is predicted
+  # as measured.
+  assert table.predict(model) == pytest.approx(meta["whole_seconds"])
+  # Each point's layer sum is what the table reads at its widths.
+  groups = keras_epi.channel_groups(model)
+  half = {g.name: np.arange(max(1, round(0.5 * g.size))) for g in groups}
+  assert table.predict(model, half) == pytest.approx(
+      table.scale * points[2]["layer_seconds"] + table.fixed)
   # The caller's model is untouched.
   for w, value in zip(model.weights, before):
     np.testing.assert_array_equal(w.numpy(), value)
@@ -209,6 +226,63 @@ def test_predict_equals_the_closed_form():
     assert table.predict(model, keep) == pytest.approx(closed_form(s, c),
                                                        rel=1e-12)
     assert table.predict(model, keep) < table.predict(model)
+
+
+def test_predict_scales_the_layers_and_adds_fixed():
+  model, table = tiny_model(), synthetic_table()
+  scaled = keras_epi.LatencyTable(table.entries, fixed=-20e-6, scale=0.8)
+  keep = {"stem": np.arange(5), "c1": np.arange(3)}
+  layers = closed_form(5, 3) - FIXED
+  assert scaled.predict(model, keep) == pytest.approx(0.8 * layers - 20e-6,
+                                                      rel=1e-12)
+  for bad in (0.0, -1.0, float("nan"), "1"):
+    with pytest.raises(ValueError, match="`scale` must be"):
+      keras_epi.LatencyTable(table.entries, scale=bad)
+
+
+def test_calibration_fit_is_the_least_squares_line():
+  # Whole = 0.8 * layers + 2 ms exactly: the line is recovered.
+  points = [{"fraction": f, "layer_seconds": x, "whole_seconds": 0.8 * x +
+             0.002} for f, x in [(1.0, 0.1), (0.5, 0.05), (0.25, 0.02)]]
+  assert latency._fit(points) == pytest.approx((0.8, 0.002))
+  # Off the line, it still passes through the dense (first) point and has
+  # the least-squares slope of the others about it: points (-1, -1.2) and
+  # (-2, -1.4) about it give slope (1.2 + 2.8) / (1 + 4) = 0.8.
+  noisy = [{"layer_seconds": x, "whole_seconds": y}
+           for x, y in [(3.0, 5.0), (2.0, 3.8), (1.0, 3.6)]]
+  scale, fixed = latency._fit(noisy)
+  assert scale == pytest.approx(0.8)
+  assert scale * 3.0 + fixed == pytest.approx(5.0)
+  # One point, or times that fall as the layers grow: scale 1 and the
+  # dense point's difference.
+  assert latency._fit(points[:1]) == pytest.approx((1.0, 0.1 * -0.2 + 0.002))
+  falling = [dict(p, whole_seconds=1.0 - p["layer_seconds"]) for p in points]
+  assert latency._fit(falling) == pytest.approx((1.0, 0.9 - 0.1))
+
+
+def test_grid_widths_are_multiples_of_round_to():
+  assert latency._grid(24, 1, [0.25, 0.5, 0.75, 1.0], 8) == [8, 16, 24]
+  assert latency._grid(24, 1, [0.25, 0.5, 0.75, 1.0]) == [6, 12, 18, 24]
+  assert latency._grid(4, 1, [0.25, 1.0], 8) == [4]  # narrower than 8
+  assert latency._grid(20, 1, [0.1, 1.0], 8) == [8, 20]  # at least 8
+  assert latency._grid(24, 12, [0.25, 1.0], 8) == [12, 24]  # fixed channels
+
+
+@pytest.mark.parametrize("calibrate", [(1.0,), (0.0, 0.5), "0.5", 0.5])
+def test_measure_rejects_bad_calibration_fractions(calibrate):
+  with pytest.raises(ValueError, match="`calibrate` must be fractions"):
+    keras_epi.LatencyTable.measure(tiny_model(), calibrate=calibrate)
+
+
+def test_a_version_1_table_loads_with_scale_1(tmp_path):
+  data = synthetic_table().to_dict()
+  data["version"] = 1
+  del data["scale"]
+  path = tmp_path / "v1.json"
+  path.write_text(json.dumps(data))
+  table = keras_epi.LatencyTable.load(path)
+  assert table.scale == 1.0 and table.fixed == FIXED
+  assert table.predict(tiny_model()) == pytest.approx(closed_form(8, 16))
 
 
 def test_predict_names_a_layer_the_table_lacks_and_a_wrong_input_size():
