@@ -117,7 +117,7 @@ class LatencyTable:
   @classmethod
   def measure(cls, model, *, batch_size=8, training=False,
               widths=(0.25, 0.5, 0.75, 1.0), repeats=5, warmup=2,
-              ignore=(), calibrate=(0.25, 0.5, 0.75), round_to=1):
+              ignore=(), calibrate=(0.0, 0.25, 0.5, 0.75), round_to=1):
     """Times `model`'s counted layers at a grid of widths on this machine.
 
     Every call of a layer whose registry rule has a `macs` formula
@@ -130,8 +130,9 @@ class LatencyTable:
     before it, since their cost follows the same output width. Anything
     else (residual adds, pooling, concatenations, a BN after a branch) is
     left to the `fixed` term. Widths are ``round(f * C)`` for each fraction
-    f, rounded to a multiple of `round_to` and at least 1 (full width always
-    included); an axis whose channels the graph keeps whole (model inputs
+    f, rounded to a multiple of `round_to` and at least 1, and the narrowest
+    width a plan can give, `round_to` (full width always included), so that
+    no plan is read below the grid; an axis whose channels the graph keeps whole (model inputs
     and outputs, `ignore`) is timed at its full width only, and a depthwise
     layer's output width follows its input width (one axis). Layers with the same class, config, shapes and
     followers are timed once.
@@ -174,9 +175,10 @@ class LatencyTable:
       warmup: Untimed calls before them (the first traces and compiles).
       ignore: Layer names whose channels stay (see
         `keras_epi.channel_groups`): their widths are not varied.
-      calibrate: Fractions in (0, 1) of uniform widths at which the whole
-        model is also timed to fit `scale` and `fixed`; ``()`` for the
-        dense model alone.
+      calibrate: Fractions in [0, 1) of uniform widths at which the whole
+        model is also timed to fit `scale` and `fixed` (0: every group at
+        its narrowest, `round_to` channels); ``()`` for the dense model
+        alone.
       round_to: Time widths that are multiples of this (as the planner's
         `round_to` keeps them). On many back ends a width off a multiple
         of 8 or 16 takes a slower kernel, so a table measured at round
@@ -514,7 +516,8 @@ class _Spec:
 
 
 def _grid(full, minimum, widths, round_to=1):
-  values = {max(minimum, _rounded(f * full, round_to, full)) for f in widths}
+  values = {max(minimum, _rounded(f * full, round_to, full))
+            for f in (0.0, *widths)}
   values.add(full)
   return sorted(values)
 
@@ -841,11 +844,11 @@ def _fractions(widths):
 
 def _calibration_fractions(values):
   if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-    raise ValueError(f"`calibrate` must be fractions in (0, 1), received "
+    raise ValueError(f"`calibrate` must be fractions in [0, 1), received "
                      f"{values!r}.")
   values = list(values)
-  if not all(validation.is_number(f) and 0.0 < f < 1.0 for f in values):
-    raise ValueError(f"`calibrate` must be fractions in (0, 1), received "
+  if not all(validation.is_number(f) and 0.0 <= f < 1.0 for f in values):
+    raise ValueError(f"`calibrate` must be fractions in [0, 1), received "
                      f"{values!r}.")
   return sorted({float(f) for f in values})
 
