@@ -113,7 +113,8 @@ class EPICallback(keras.callbacks.Callback):
     verbose: 1 logs the prune event.
     latency_table: A `keras_epi.LatencyTable` measured on the model
       (``training=True`` for the cost of the training steps after the
-      prune); required with ``budget="latency"`` and only then.
+      prune; measured with the same `round_to`); required with
+      ``budget="latency"`` and only then.
 
   Attributes:
     prune_epoch: Dense epochs trained before pruning (so the first pruned
@@ -319,6 +320,8 @@ class EPICallback(keras.callbacks.Callback):
     self.trigger.start(self.criterion, window=self.window,
                        threshold=self.threshold)
     self._macs_dense = budget_lib.planned_macs(self._analysis, {})
+    if self.budget == "latency":
+      self._check_latency_target()
     self._scoring = scoring_lib.Scoring(
         model, self._groups, self.criterion, self.trigger.ranks_batchnorm,
         self.trigger.gamma_penalty, self.taylor_reduction)
@@ -452,6 +455,18 @@ class EPICallback(keras.callbacks.Callback):
         self._analysis, scores, ratio, budget=self.budget,
         latency_table=self.latency_table, min_channels=self.min_channels,
         round_to=self.round_to, keep_stem=False)
+
+  def _check_latency_target(self):
+    """Plans once with flat scores, so that a latency target the table
+    says cannot be met (which does not depend on the scores) fails before
+    the first epoch, not at the prune epoch."""
+    try:
+      self._plan({g.name: np.ones(g.size) for g in self._groups},
+                 self.prune_ratio)
+    except ValueError as e:
+      raise ValueError(f"EPICallback(prune_ratio={self.prune_ratio:g}, "
+                       f"budget='latency'), checked before training: "
+                       f"{e}") from None
 
   def _start_gradual(self, epoch):
     if not self.params or self.params.get("steps") is None:
