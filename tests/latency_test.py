@@ -80,12 +80,13 @@ def test_measure_has_an_entry_per_counted_layer_and_a_fixed_term(measured):
   assert set(table.entries) == {"stem", "c1", "dw", "c2", "fc"}
   e = table.entries
   # Model inputs and outputs keep their widths: one point on that axis.
-  assert e["stem"]["in"] == [3] and e["stem"]["out"] == [4, 8]
-  assert e["fc"]["in"] == [4, 8] and e["fc"]["out"] == [4]
-  assert e["c1"]["in"] == [4, 8] and e["c1"]["out"] == [8, 16]
+  # Elsewhere: the narrowest width (1), half and full.
+  assert e["stem"]["in"] == [3] and e["stem"]["out"] == [1, 4, 8]
+  assert e["fc"]["in"] == [1, 4, 8] and e["fc"]["out"] == [4]
+  assert e["c1"]["in"] == [1, 4, 8] and e["c1"]["out"] == [1, 8, 16]
   # The depthwise layer's output width follows its input: one axis.
-  assert e["dw"]["out"] is None and e["dw"]["seconds"].shape == (2,)
-  assert e["c2"]["seconds"].shape == (2, 2)
+  assert e["dw"]["out"] is None and e["dw"]["seconds"].shape == (3,)
+  assert e["c2"]["seconds"].shape == (3, 3)
   # Its BN and ReLU are timed with the stem; nothing simple follows c1.
   assert e["stem"]["followers"] == ["stem_bn", "stem_relu"]
   assert e["c1"]["followers"] == []
@@ -106,7 +107,7 @@ def test_measure_has_an_entry_per_counted_layer_and_a_fixed_term(measured):
   # The whole model was timed dense and at 3 uniform widths; scale and
   # fixed are their least-squares line over the layers' sum.
   points = meta["calibration"]
-  assert [p["fraction"] for p in points] == [1.0, 0.75, 0.5, 0.25]
+  assert [p["fraction"] for p in points] == [1.0, 0.75, 0.5, 0.25, 0.0]
   assert points[0]["whole_seconds"] == meta["whole_seconds"]
   x = np.array([p["layer_seconds"] for p in points])
   y = np.array([p["whole_seconds"] for p in points])
@@ -261,14 +262,16 @@ def test_calibration_fit_is_the_least_squares_line():
 
 
 def test_grid_widths_are_multiples_of_round_to():
+  # The narrowest width a plan can give (round_to) is always timed.
   assert latency._grid(24, 1, [0.25, 0.5, 0.75, 1.0], 8) == [8, 16, 24]
-  assert latency._grid(24, 1, [0.25, 0.5, 0.75, 1.0]) == [6, 12, 18, 24]
+  assert latency._grid(24, 1, [0.25, 0.5, 0.75, 1.0]) == [1, 6, 12, 18, 24]
+  assert latency._grid(64, 1, [0.5, 1.0], 8) == [8, 32, 64]
   assert latency._grid(4, 1, [0.25, 1.0], 8) == [4]  # narrower than 8
   assert latency._grid(20, 1, [0.1, 1.0], 8) == [8, 20]  # at least 8
   assert latency._grid(24, 12, [0.25, 1.0], 8) == [12, 24]  # fixed channels
 
 
-@pytest.mark.parametrize("calibrate", [(1.0,), (0.0, 0.5), "0.5", 0.5])
+@pytest.mark.parametrize("calibrate", [(1.0,), (-0.1, 0.5), "0.5", 0.5])
 def test_measure_rejects_bad_calibration_fractions(calibrate):
   with pytest.raises(ValueError, match="`calibrate` must be fractions"):
     keras_epi.LatencyTable.measure(tiny_model(), calibrate=calibrate)
@@ -346,6 +349,29 @@ def test_unreachable_latency_target_states_the_best_ratio():
   keep = keras_epi.select_channels(model, _scores(), 0.7429, budget="latency",
                                    latency_table=table, keep_stem=False)
   assert table.predict(model, keep) <= (1 - 0.7429) * table.predict(model)
+
+
+def test_epi_callback_refuses_an_unreachable_target_before_training():
+  # The callback keeps the stem whole (keep_stem=True), so its smallest
+  # plan (s = 8, c = 1) keeps 100 + 7 * 8 + 2 * 8 + 1 = 173 U of 428 U: at
+  # most 1 - 173 / 428 = 0.5958 can go, and 0.8 must fail before the fit's
+  # first step, not at the prune epoch.
+  model, table = tiny_model(), synthetic_table()
+  model.compile(keras.optimizers.SGD(0.05),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  x = np.zeros((32, 8, 8, 3), "float32")
+  y = np.zeros(32, "int64")
+  steps = []
+  counter = keras.callbacks.LambdaCallback(
+      on_train_batch_begin=lambda batch, logs: steps.append(batch))
+  cb = keras_epi.EPICallback(prune_ratio=0.8, budget="latency",
+                             latency_table=table, policy="fixed",
+                             prune_epoch=2, criterion="magnitude", verbose=0)
+  with pytest.raises(ValueError, match=r"checked before training.*at most "
+                     r"ratio=0\.5957"):
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0,
+              callbacks=[cb, counter])
+  assert steps == []
 
 
 def test_latency_table_argument_errors():
