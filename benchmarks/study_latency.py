@@ -51,15 +51,6 @@ _STEP_ROUNDS = flags.DEFINE_integer(
     "step_rounds", 9, "Alternated rounds timing dense vs pruned steps.")
 
 
-def _reachable_ratio(model, table):
-  """The largest ratio the table allows EPICallback (stem kept whole, every
-  other group at `--round_to` channels)."""
-  groups = keras_epi.channel_groups(model)
-  smallest = {g.name: np.arange(min(_ROUND_TO.value, g.size))
-              for g in groups[1:]}
-  return 1.0 - table.predict(model, smallest) / table.predict(model)
-
-
 def _fit(study, seed, table=None, ratio=None):
   """One run: dense (table None) or latency-aware EPI. Returns its record."""
   keras.utils.set_random_seed(seed)
@@ -293,7 +284,8 @@ def main(argv):
   os.makedirs(_RESULTS_DIR.value, exist_ok=True)
   table.save(os.path.join(_RESULTS_DIR.value,
                           "fashion_mnist_latency_table.json"))
-  reachable = _reachable_ratio(model, table)
+  reachable = keras_epi.max_latency_ratio(model, table,
+                                          round_to=_ROUND_TO.value)
   ratio = _RATIO.value
   if ratio > reachable:
     ratio = math.floor(100 * reachable) / 100

@@ -9,6 +9,7 @@ Public API:
     budget.
   LatencyTable: measured per-layer latency at a grid of widths; predicts a
     plan's latency.
+  max_latency_ratio: the largest latency ratio a table says can be removed.
   EPICallback: scoring, the Early Pruning Indicator and pruning in model.fit.
   triggers: when to prune (EPITrigger, EarlyBirdTrigger, AtEpoch, Deadline,
     Gradual, or a Trigger of your own), for EPICallback(trigger=...).
@@ -21,6 +22,7 @@ Public API:
 """
 
 from keras_epi.budget import count_macs
+from keras_epi.budget import max_latency_ratio
 from keras_epi.budget import select_channels
 from keras_epi.callbacks import EPICallback
 from keras_epi.export import export_tflite
@@ -52,6 +54,7 @@ __all__ = [
     "fit",
     "fold_batchnorm",
     "magnitude_importance",
+    "max_latency_ratio",
     "prune_model",
     "register_layer",
     "select_channels",

@@ -23,6 +23,10 @@ from keras_epi import latency as latency_lib
 from keras_epi import plan as plan_lib
 
 BUDGETS = ("neurons", "macs", "latency")
+_NOTHING_TO_PRUNE = (
+    "No group to prune: `scores` is empty or holds only groups kept whole "
+    "(the stem unless keep_stem=False, residual streams if "
+    "keep_residual=True).")
 
 
 def count_macs(model):
@@ -135,8 +139,7 @@ def plan_channels(analysis, scores, ratio, *, budget="neurons",
         f"channel scores}} (e.g. from keras_epi.magnitude_importance), "
         f"received a {type(scores).__name__}.")
   sizes = {g.name: g.size for g in analysis.groups}
-  residual = {g.name for g in analysis.groups if g.residual}
-  stem = analysis.groups[0].name if analysis.groups else None
+  pruned = set(_pruned_groups(analysis, keep_stem, keep_residual))
   ranked = {}
   for name, values in scores.items():
     if name not in sizes:
@@ -150,13 +153,11 @@ def plan_channels(analysis, scores, ratio, *, budget="neurons",
       raise ValueError(f"`scores[{name!r}]` has NaN values at channels "
                        f"{np.flatnonzero(np.isnan(values))[:10].tolist()}; "
                        "a ranking of them would be arbitrary.")
-    if (keep_stem and name == stem) or (keep_residual and name in residual):
+    if name not in pruned:
       continue
     ranked[name] = np.argsort(-values, kind="stable")  # best first
   if not ranked:
-    raise ValueError("No group to prune: `scores` is empty or holds only "
-                     "groups kept whole (the stem unless keep_stem=False, "
-                     "residual streams if keep_residual=True).")
+    raise ValueError(_NOTHING_TO_PRUNE)
 
   cost = None
   if budget == "latency":
@@ -198,7 +199,7 @@ def plan_channels(analysis, scores, ratio, *, budget="neurons",
   target = (1.0 - ratio) * dense
   lo, hi = 0, len(candidates)  # find the fewest removals meeting the target
   if budget == "latency":
-    smallest = measure(plan(hi))
+    smallest = measure(_smallest_plan(sizes, ranked, min_channels, round_to))
     if smallest > target:
       raise ValueError(
           f"budget='latency': ratio={ratio:g} asks for a predicted "
@@ -208,8 +209,9 @@ def plan_channels(analysis, scores, ratio, *, budget="neurons",
           f"be removed (limits: min_channels={min_channels}, round_to="
           f"{round_to}, {len(sizes) - len(ranked)} group(s) kept whole or "
           f"unscored, layers whose widths are fixed, and the table's fixed "
-          f"term of {latency_table.fixed:.4g} s). Ask for a smaller ratio, "
-          "or prune more groups.")
+          f"term of {latency_table.fixed:.4g} s). Ask for a smaller ratio "
+          "(keras_epi.max_latency_ratio gives it before any scoring), or "
+          "prune more groups.")
   while lo < hi:
     mid = (lo + hi) // 2
     if measure(plan(mid)) <= target:
@@ -217,6 +219,66 @@ def plan_channels(analysis, scores, ratio, *, budget="neurons",
     else:
       lo = mid + 1
   return plan(lo)
+
+
+def max_latency_ratio(model, latency_table, *, ignore=(), min_channels=1,
+                      round_to=1, keep_stem=True, keep_residual=False):
+  """The largest `ratio` that ``budget="latency"`` can meet on `model`.
+
+  Whether a latency target can be met does not depend on the scores: the
+  smallest plan cuts every pruned group to its floor (`min_channels`, rounded
+  up to `round_to`), and `latency_table` predicts it. This is the ratio that
+  `select_channels` and `EPICallback` name when they refuse a target, given
+  before any training or scoring, e.g. to choose a reachable target:
+  ``ratio = min(0.5, keras_epi.max_latency_ratio(model, table, round_to=8))``.
+
+  Args:
+    model: The model the table was measured on (or one pruned from it).
+    latency_table: A `keras_epi.LatencyTable`.
+    ignore, min_channels, round_to, keep_stem, keep_residual: As in
+      `select_channels`; every group not kept whole is taken as scored.
+
+  Returns:
+    ``1 - predicted(smallest plan) / predicted(model)``, rounded down to 4
+    decimals (so the value itself is reachable), a float >= 0.
+
+  Raises:
+    ValueError: for a bad argument, a table without an entry for a layer of
+      `model`, or a model with no group to prune under these settings.
+
+  Example:
+
+  ```python
+  table = keras_epi.LatencyTable.measure(model, batch_size=8, round_to=8)
+  ratio = min(0.5, keras_epi.max_latency_ratio(model, table, round_to=8))
+  ```
+  """
+  _check_arguments(0.5, "latency", min_channels, round_to, latency_table)
+  analysis = graph.analyze(model, ignore)
+  sizes = {g.name: g.size for g in analysis.groups}
+  ranked = _pruned_groups(analysis, keep_stem, keep_residual)
+  if not ranked:
+    raise ValueError(_NOTHING_TO_PRUNE)
+  cost = _LatencyCost(analysis, latency_table, (), sizes)
+  smallest = cost.predict(_smallest_plan(sizes, ranked, min_channels,
+                                         round_to))
+  return _floor(1.0 - smallest / cost.dense)
+
+
+def _pruned_groups(analysis, keep_stem, keep_residual):
+  """Names of the groups a plan may cut, in the analysis' order."""
+  stem = analysis.groups[0].name if analysis.groups else None
+  return [g.name for g in analysis.groups
+          if not (keep_stem and g.name == stem) and
+          not (keep_residual and g.residual)]
+
+
+def _smallest_plan(sizes, names, min_channels, round_to):
+  """Every group of `names` at its floor: what removing every candidate of
+  `plan_channels` gives (a latency depends on widths, not on which)."""
+  return {name: np.arange(_round(min(min_channels, sizes[name]), round_to,
+                                 sizes[name], min_channels))
+          for name in names}
 
 
 class _LatencyCost:

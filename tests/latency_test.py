@@ -351,6 +351,30 @@ def test_unreachable_latency_target_states_the_best_ratio():
   assert table.predict(model, keep) <= (1 - 0.7429) * table.predict(model)
 
 
+def test_max_latency_ratio_is_the_ratio_the_errors_name():
+  model, table = tiny_model(), synthetic_table()
+  # As above: 1 - 110 / 428 with the stem cut, 1 - 173 / 428 with it whole.
+  assert keras_epi.max_latency_ratio(model, table, keep_stem=False) == 0.7429
+  assert keras_epi.max_latency_ratio(model, table) == 0.5957
+  # round_to=4: the stem at 4 and c1 at 4 channels keep FIXED + U * (7 * 4
+  # + 2 * 16 + 4) = 164 U; min_channels=2 with the stem whole: 8, 2 keep
+  # 100 + 56 + 32 + 2 = 190 U.
+  assert keras_epi.max_latency_ratio(model, table, keep_stem=False,
+                                     round_to=4) == 0.6168
+  assert keras_epi.max_latency_ratio(model, table, min_channels=2) == 0.5560
+  # The ratio it gives is one the budget meets.
+  keep = keras_epi.select_channels(model, _scores(), 0.6168, budget="latency",
+                                   latency_table=table, keep_stem=False,
+                                   round_to=4)
+  assert table.predict(model, keep) <= (1 - 0.6168) * table.predict(model)
+  with pytest.raises(ValueError, match="`round_to` must be"):
+    keras_epi.max_latency_ratio(model, table, round_to=0)
+  with pytest.raises(ValueError, match="`latency_table` must be"):
+    keras_epi.max_latency_ratio(model, {"c1": 1.0})
+  with pytest.raises(ValueError, match="No group to prune"):
+    keras_epi.max_latency_ratio(model, table, ignore=("c1",))
+
+
 def test_epi_callback_refuses_an_unreachable_target_before_training():
   # The callback keeps the stem whole (keep_stem=True), so its smallest
   # plan (s = 8, c = 1) keeps 100 + 7 * 8 + 2 * 8 + 1 = 173 U of 428 U: at
