@@ -9,7 +9,11 @@ did; build both with `keras_epi.prune_model`. Then the dense model and every
 plan are timed alternately in this process (`benchmarks.harness`), and the
 report compares, per model, the table's prediction (`LatencyTable.predict`)
 with the measured time, the requested speed-up with the measured one, and the
-latency plan with the MAC plan of equal MACs.
+latency plan with the MAC plan of equal MACs. With ``--timed_passes`` (3 by
+default) each ratio also gets a ``timed_`` plan from
+`keras_epi.select_channels_timed`: the table's plan corrected by timing it
+against the dense model here; its row is timed again in the rounds below,
+independently of the timings that chose it.
 
 Two prediction errors are reported. The absolute one compares seconds
 predicted from a table measured minutes earlier with seconds measured now;
@@ -88,6 +92,10 @@ _TRAINING = flags.DEFINE_bool(
 _TIMING = flags.DEFINE_enum(
     "timing", "predict_on_batch", ["predict_on_batch", "tf_function"],
     "How inference is called (ignored with --training).")
+_TIMED_PASSES = flags.DEFINE_integer(
+    "timed_passes", 3, "Per ratio, also a plan from "
+    "keras_epi.select_channels_timed with this many timed passes (the "
+    "table's plan corrected by timing it here); 0: none.")
 _TFLITE = flags.DEFINE_bool("tflite", False,
                             "Also time the float TFLite models.")
 _TFLITE_THREADS = flags.DEFINE_integer(
@@ -122,6 +130,7 @@ class Config:
   scores: str
   training: bool
   timing: str
+  timed_passes: int
   tflite: bool
   tflite_threads: int
   rounds: int
@@ -142,6 +151,7 @@ def _config_from_flags():
       table_repeats=_TABLE_REPEATS.value, table_warmup=2,
       scores=_SCORES.value, training=_TRAINING.value,
       timing="train_on_batch" if _TRAINING.value else _TIMING.value,
+      timed_passes=_TIMED_PASSES.value,
       tflite=_TFLITE.value, tflite_threads=_TFLITE_THREADS.value,
       rounds=_ROUNDS.value, warmup=_WARMUP.value,
       seconds_per_measurement=_SECONDS_PER_MEASUREMENT.value,
@@ -221,6 +231,15 @@ def _plans(config, model, table, dense_macs):
     scores = {k: v / max(float(np.mean(v)), 1e-12) for k, v in scores.items()}
   plans = {}
   for ratio in config.ratios:
+    if config.timed_passes:
+      start = time.perf_counter()
+      keep, passes = keras_epi.select_channels_timed(
+          model, scores, ratio, table, passes=config.timed_passes,
+          round_to=config.round_to)
+      plans[f"timed_{ratio}"] = (keep, {
+          "ratio": ratio, "budget": "latency_timed", "passes": passes,
+          "timed_seconds": time.perf_counter() - start,
+          "model": keras_epi.prune_model(model, keep)})
     try:
       keep = keras_epi.select_channels(
           model, scores, ratio, budget="latency", latency_table=table,
@@ -292,7 +311,7 @@ def _benchmark(config, name, rng):
         predicted_speedup=rows["dense"]["predicted_seconds"] / predicted,
         measured_speedup=1.0 / timing["ratio"][plan_name],
         measured_speedup_quartiles=[1.0 / high, 1.0 / low])
-    if row.get("budget") == "latency":
+    if row.get("budget") in ("latency", "latency_timed"):
       row["requested_speedup"] = 1.0 / (1.0 - row["ratio"])
   entry["plans"].update(rows)
   entry["timing"] = timing
@@ -362,6 +381,15 @@ def _markdown(results):
           f"{'' if asked is None else f'{asked:.2f}x'} | "
           f"{row['predicted_speedup']:.2f}x | "
           f"{row['measured_speedup']:.2f}x [{low:.2f}, {high:.2f}] |")
+    for plan_name, row in entry["plans"].items():
+      if "passes" in row:
+        steps = "; ".join(
+            f"ratio {p['planned_ratio']:.4f}: predicted "
+            f"{p['predicted_fraction']:.3f}, measured "
+            f"{p['measured_fraction']:.3f}"
+            f"{' (chosen)' if p['chosen'] else ''}" for p in row["passes"])
+        lines += ["", f"{plan_name} (keras_epi.select_channels_timed, "
+                  f"{row['timed_seconds']:.0f} s): {steps}."]
     if "tflite" in entry:
       tflite = entry["tflite"]
       lines += ["", "TFLite (float, BN folded), inference:", "",

@@ -10,6 +10,7 @@ Public API:
   LatencyTable: measured per-layer latency at a grid of widths; predicts a
     plan's latency.
   max_latency_ratio: the largest latency ratio a table says can be removed.
+  select_channels_timed: a latency plan corrected by timing it here.
   EPICallback: scoring, the Early Pruning Indicator and pruning in model.fit.
   triggers: when to prune (EPITrigger, EarlyBirdTrigger, AtEpoch, Deadline,
     Gradual, or a Trigger of your own), for EPICallback(trigger=...).
@@ -24,6 +25,7 @@ Public API:
 from keras_epi.budget import count_macs
 from keras_epi.budget import max_latency_ratio
 from keras_epi.budget import select_channels
+from keras_epi.budget import select_channels_timed
 from keras_epi.callbacks import EPICallback
 from keras_epi.export import export_tflite
 from keras_epi.export import fold_batchnorm
@@ -58,6 +60,7 @@ __all__ = [
     "prune_model",
     "register_layer",
     "select_channels",
+    "select_channels_timed",
     "triggers",
     "unregister_layer",
     "__version__",

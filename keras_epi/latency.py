@@ -309,6 +309,64 @@ class LatencyTable:
       return self.scale * total + self.fixed
     return predict
 
+  def time_plan(self, model, keep, *, ignore=(), repeats=None, warmup=None):
+    """Measures the fraction of `model`'s time that the plan `keep` takes.
+
+    The table predicts; this measures, on this machine, now: the dense model
+    and the model pruned by `keep` (`keras_epi.prune_model`), both clones
+    with fresh weights (the caller's model is untouched), are timed in
+    alternating rounds as `measure` times its whole models (the table's
+    batch size and mode, ``predict_on_batch`` or ``train_on_batch``). The
+    measured fraction is the median over rounds of the paired ratio
+    pruned / dense, so a slow spell of the machine falls on both.
+
+    Args:
+      model: The dense model the plan was made on.
+      keep: A plan ``{group name: kept indices}``.
+      ignore: The `ignore` of `keras_epi.channel_groups`.
+      repeats: Rounds are ``max(2 * repeats, 7)``; default: the table's.
+      warmup: Untimed calls before them; default: the table's.
+
+    Returns:
+      A dict of plain floats: ``measured_fraction`` (median paired ratio),
+      ``measured_quartiles`` ([25th, 75th] percentiles of the paired
+      ratios), ``predicted_fraction`` (``predict(model, keep) /
+      predict(model)``), ``dense_seconds`` and ``pruned_seconds`` (medians
+      per call), ``rounds``.
+
+    Raises:
+      ValueError: for a table without ``batch_size`` and ``training`` in
+        its metadata (a table written by hand: add them), or a bad plan.
+    """
+    meta = self.metadata
+    if not validation.is_integer(meta.get("batch_size")) or not isinstance(
+        meta.get("training"), bool):
+      raise ValueError(
+          "LatencyTable.time_plan needs the batch size and mode the table "
+          "was measured at: its metadata lacks an integer 'batch_size' or a "
+          "boolean 'training' (add them to a table written by hand).")
+    repeats = _positive_int("repeats", meta.get("repeats", 5)
+                            if repeats is None else repeats)
+    warmup = meta.get("warmup", 2) if warmup is None else warmup
+    if not validation.is_integer(warmup) or warmup < 0:
+      raise ValueError(f"`warmup` must be an integer >= 0, received "
+                       f"{warmup!r}.")
+    timer = _Timer(int(meta["batch_size"]), meta["training"], int(warmup),
+                   repeats)
+    pruned = surgeon.prune_model(model, keep, ignore=ignore)
+    dense, small = timer.rounds([timer.whole(model), timer.whole(pruned)])
+    ratios = np.asarray(small) / np.asarray(dense)
+    return {
+        "measured_fraction": float(np.median(ratios)),
+        "measured_quartiles": [float(q) for q in
+                               np.percentile(ratios, [25, 75])],
+        "predicted_fraction": (self.predict(model, keep, ignore=ignore) /
+                               self.predict(model, ignore=ignore)),
+        "dense_seconds": float(np.median(dense)),
+        "pruned_seconds": float(np.median(small)),
+        "rounds": len(ratios),
+    }
+
   # -- files ----------------------------------------------------------------
 
   def to_dict(self):
@@ -638,6 +696,10 @@ class _Timer:
     come back into the caches after another model's call), then `burst`
     timed calls, of which the median is the round's value. The median over
     rounds is returned."""
+    return [float(np.median(t)) for t in self.rounds(models, burst)]
+
+  def rounds(self, models, burst=3):
+    """`time_together`'s per-round seconds: one list per model."""
     steps = [self.step(m) for m in models]
     for step in steps:
       for _ in range(self.warmup):
@@ -653,7 +715,7 @@ class _Timer:
           steps[i]()
           calls.append(time.perf_counter() - start)
         times[i].append(float(np.median(calls)))
-    return [float(np.median(t)) for t in times]
+    return times
 
   def step(self, model):
     """One timed call of `model`, compiled for it."""

@@ -375,6 +375,91 @@ def test_max_latency_ratio_is_the_ratio_the_errors_name():
     keras_epi.max_latency_ratio(model, table, ignore=("c1",))
 
 
+def _faster_by(table, factor, model):
+  """Makes `table.time_plan` 'measure' `factor` times its own prediction
+  (a machine where plans run faster or slower than the table says)."""
+  timed = []
+
+  def time_plan(model_, keep, *, ignore=(), repeats=None):
+    del model_, ignore, repeats
+    predicted = table.predict(model, keep) / table.predict(model)
+    timed.append(len(keep["c1"]))
+    return {"measured_fraction": factor * predicted,
+            "measured_quartiles": [factor * predicted] * 2,
+            "predicted_fraction": predicted, "dense_seconds": 1.0,
+            "pruned_seconds": factor * predicted, "rounds": 7}
+  table.time_plan = time_plan
+  return timed
+
+
+def test_timed_plan_corrects_the_table_by_what_it_measured():
+  # T(c) = 156 U + 17 U c, dense 428 U. ratio 0.3 wants 0.7 of the time:
+  # the table's plan keeps c = 8 (292 U, 0.6822), which this machine runs at
+  # 0.9 * 0.6822 = 0.614 (12% under). The next plan asks the table for
+  # 0.7 * 0.6822 / 0.614 = 0.7 / 0.9 = 0.7778 (333 U): c = 10 (326 U), which
+  # measures 0.9 * 326 / 428 = 0.6855, within 3% of 0.7: chosen.
+  model, table = tiny_model(), synthetic_table()
+  timed = _faster_by(table, 0.9, model)
+  keep, passes = keras_epi.select_channels_timed(
+      model, {"c1": np.arange(16.0)}, 0.3, table)
+  assert timed == [8, 10]
+  np.testing.assert_array_equal(keep["c1"], np.arange(6, 16))
+  assert [p["chosen"] for p in passes] == [False, True]
+  assert passes[0]["planned_ratio"] == 0.3
+  np.testing.assert_allclose(passes[1]["planned_ratio"], 1 - 0.7 / 0.9)
+  np.testing.assert_allclose(passes[1]["measured_fraction"], 0.9 * 326 / 428)
+  assert passes[1]["widths"] == {"c1": 10}
+
+
+def test_timed_plan_stops_at_what_the_table_allows_and_says_so(caplog):
+  # A machine 1.5x slower than predicted. ratio 0.5 (214 U): c = 3 (207 U,
+  # 0.4836) measures 0.725. The correction asks the table for 0.5 * 0.4836
+  # / 0.725 = 1/3, more than it allows (c = 1, 173 U: at most ratio
+  # 0.5957), so c = 1 is planned (measures 1.5 * 173 / 428 = 0.6063), then
+  # the same plan again: it stops, keeps the closest and warns.
+  model, table = tiny_model(), synthetic_table()
+  timed = _faster_by(table, 1.5, model)
+  with caplog.at_level("WARNING"):
+    keep, passes = keras_epi.select_channels_timed(
+        model, {"c1": np.arange(16.0)}, 0.5, table, passes=5)
+  assert timed == [3, 1]
+  assert passes[1]["planned_ratio"] == 0.5957
+  assert len(keep["c1"]) == 1 and [p["chosen"] for p in passes] == [False,
+                                                                   True]
+  assert "closest of 2 timed plan(s) measured 0.6063 (+21.3%" in caplog.text
+
+
+def test_timed_plan_measures_a_real_model(measured):
+  model, before, table = measured
+  groups = keras_epi.channel_groups(model)
+  scores = keras_epi.magnitude_importance(model, groups)
+  keep, passes = keras_epi.select_channels_timed(model, scores, 0.3, table,
+                                                 passes=1, repeats=1)
+  (only,) = passes
+  assert only["chosen"] and only["rounds"] == 7
+  assert only["measured_fraction"] > 0 and only["dense_seconds"] > 0
+  low, high = only["measured_quartiles"]
+  assert low <= only["measured_fraction"] <= high
+  np.testing.assert_allclose(
+      only["predicted_fraction"],
+      table.predict(model, keep) / table.predict(model))
+  for w, b in zip(model.weights, before):  # the caller's model untouched
+    np.testing.assert_array_equal(w.numpy(), b)
+
+
+def test_timed_plan_argument_errors():
+  model, table = tiny_model(), synthetic_table()
+  scores = {"c1": np.arange(16.0)}
+  with pytest.raises(ValueError, match="`passes` must be"):
+    keras_epi.select_channels_timed(model, scores, 0.3, table, passes=0)
+  with pytest.raises(ValueError, match="`tolerance` must be"):
+    keras_epi.select_channels_timed(model, scores, 0.3, table, tolerance=1)
+  with pytest.raises(ValueError, match="`ratio` must be"):
+    keras_epi.select_channels_timed(model, scores, 1.5, table)
+  with pytest.raises(ValueError, match="lacks an integer 'batch_size'"):
+    table.time_plan(model, {"c1": np.arange(8)})
+
+
 def test_epi_callback_refuses_an_unreachable_target_before_training():
   # The callback keeps the stem whole (keep_stem=True), so its smallest
   # plan (s = 8, c = 1) keeps 100 + 7 * 8 + 2 * 8 + 1 = 173 U of 428 U: at
