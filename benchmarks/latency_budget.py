@@ -386,7 +386,8 @@ def _markdown(results):
         steps = "; ".join(
             f"ratio {p['planned_ratio']:.4f}: predicted "
             f"{p['predicted_fraction']:.3f}, measured "
-            f"{p['measured_fraction']:.3f}"
+            f"{p['measured_fraction']:.3f}, estimated "
+            f"{p['estimated_fraction']:.3f}"
             f"{' (chosen)' if p['chosen'] else ''}" for p in row["passes"])
         lines += ["", f"{plan_name} (keras_epi.select_channels_timed, "
                   f"{row['timed_seconds']:.0f} s): {steps}."]

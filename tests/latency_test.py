@@ -377,17 +377,20 @@ def test_max_latency_ratio_is_the_ratio_the_errors_name():
 
 def _faster_by(table, factor, model):
   """Makes `table.time_plan` 'measure' `factor` times its own prediction
-  (a machine where plans run faster or slower than the table says)."""
+  (a machine where plans run faster or slower than the table says); a list
+  gives one factor per call (timing noise)."""
   timed = []
+  factors = list(factor) if isinstance(factor, list) else None
 
   def time_plan(model_, keep, *, ignore=(), repeats=None):
     del model_, ignore, repeats
     predicted = table.predict(model, keep) / table.predict(model)
     timed.append(len(keep["c1"]))
-    return {"measured_fraction": factor * predicted,
-            "measured_quartiles": [factor * predicted] * 2,
+    factor_ = factors.pop(0) if factors is not None else factor
+    return {"measured_fraction": factor_ * predicted,
+            "measured_quartiles": [factor_ * predicted] * 2,
             "predicted_fraction": predicted, "dense_seconds": 1.0,
-            "pruned_seconds": factor * predicted, "rounds": 7}
+            "pruned_seconds": factor_ * predicted, "rounds": 7}
   table.time_plan = time_plan
   return timed
 
@@ -426,7 +429,29 @@ def test_timed_plan_stops_at_what_the_table_allows_and_says_so(caplog):
   assert passes[1]["planned_ratio"] == 0.5957
   assert len(keep["c1"]) == 1 and [p["chosen"] for p in passes] == [False,
                                                                    True]
-  assert "closest of 2 timed plan(s) measured 0.6063 (+21.3%" in caplog.text
+  assert ("closest of 2 timed plan(s) is estimated at 0.6063 (+21.3%"
+          in caplog.text)
+
+
+def test_timed_plan_uses_the_median_factor_of_all_passes():
+  # Noisy timings: factors 0.9, 1.0, 0.9. Pass 1: c = 8 (0.6822) measures
+  # 0.614, factor 0.9, next asks 0.7 / 0.9: c = 10 (0.7617), which measures
+  # 0.7617 (factor 1.0). The median factor is now 0.95, c = 10 is estimated
+  # at 0.7236 (+3.4%, over 3%), next asks 0.7 / 0.95 = 0.7368 (315.4 U):
+  # c = 9 (309 U, 0.7220), measured at factor 0.9. The median factor is 0.9
+  # again: estimates 0.614, 0.6855, 0.6498, so c = 10 (-2.1%) is chosen,
+  # although its own timing said +8.8%.
+  model, table = tiny_model(), synthetic_table()
+  timed = _faster_by(table, [0.9, 1.0, 0.9], model)
+  keep, passes = keras_epi.select_channels_timed(
+      model, {"c1": np.arange(16.0)}, 0.3, table)
+  assert timed == [8, 10, 9]
+  assert len(keep["c1"]) == 10
+  assert [p["chosen"] for p in passes] == [False, True, False]
+  np.testing.assert_allclose([p["estimated_fraction"] for p in passes],
+                             [0.9 * 292 / 428, 0.9 * 326 / 428,
+                              0.9 * 309 / 428])
+  np.testing.assert_allclose(passes[2]["planned_ratio"], 1 - 0.7 / 0.95)
 
 
 def test_timed_plan_measures_a_real_model(measured):
