@@ -61,11 +61,11 @@ def _fit(study, seed, table=None, ratio=None):
   if table is not None:
     epi = keras_epi.EPICallback(
         prune_ratio=ratio, criterion="taylor", policy="epi",
-        window=study_lib._EPI_WINDOW.value,  # pylint: disable=protected-access
-        threshold=study_lib._EPI_THRESHOLD.value,  # pylint: disable=protected-access
+        window=study_lib.config()["epi_window"],
+        threshold=study_lib.config()["epi_threshold"],
         budget="latency", latency_table=table, round_to=_ROUND_TO.value)
     callbacks.insert(0, epi)
-  epochs = study_lib._EPOCHS.value  # pylint: disable=protected-access
+  epochs = study_lib.config()["epochs"]
   start = time.perf_counter()
   if epi is None:
     model.fit(study.train(), epochs=epochs, callbacks=callbacks, verbose=0)
@@ -102,7 +102,7 @@ def _fit(study, seed, table=None, ratio=None):
 def _step_speedup(study, pruned):
   """Paired training-step time of `pruned` over a fresh dense model."""
   rng = np.random.default_rng(0)
-  batch = study_lib._BATCH_SIZE.value  # pylint: disable=protected-access
+  batch = study_lib.config()["batch_size"]
   x = tf.constant(rng.normal(size=(batch, *study.shape)).astype("float32"))
   y = tf.constant(rng.integers(0, 10, batch))
   calls = {}
@@ -278,7 +278,7 @@ def main(argv):
   study = study_lib.Study(0)
   model = study.build()
   table = keras_epi.LatencyTable.measure(
-      model, batch_size=study_lib._BATCH_SIZE.value, training=True,  # pylint: disable=protected-access
+      model, batch_size=study_lib.config()["batch_size"], training=True,
       round_to=_ROUND_TO.value)
   logging.info("Table: %r in %.1f s", table, table.metadata["measure_seconds"])
   os.makedirs(_RESULTS_DIR.value, exist_ok=True)

@@ -122,7 +122,7 @@ def select_channels(model, scores, ratio, *, budget="neurons", ignore=(),
                                    latency_table=table, round_to=8)
   ```
   """
-  _check_arguments(ratio, budget, min_channels, round_to, latency_table)
+  check_arguments(ratio, budget, min_channels, round_to, latency_table)
   return plan_channels(graph.analyze(model, ignore), scores, ratio,
                        budget=budget, min_channels=min_channels,
                        round_to=round_to, keep_stem=keep_stem,
@@ -289,7 +289,7 @@ def select_channels_timed(model, scores, ratio, latency_table, *, passes=3,
   [p["estimated_fraction"] for p in passes if p["chosen"]]   # about [0.5]
   ```
   """
-  _check_arguments(ratio, "latency", min_channels, round_to, latency_table)
+  check_arguments(ratio, "latency", min_channels, round_to, latency_table)
   if not isinstance(passes, numbers.Integral) or isinstance(
       passes, bool) or passes < 1:
     raise ValueError(f"`passes` must be an integer >= 1, received "
@@ -376,7 +376,7 @@ def max_latency_ratio(model, latency_table, *, ignore=(), min_channels=1,
   ratio = min(0.5, keras_epi.max_latency_ratio(model, table, round_to=8))
   ```
   """
-  _check_arguments(0.5, "latency", min_channels, round_to, latency_table)
+  check_arguments(0.5, "latency", min_channels, round_to, latency_table)
   analysis = graph.analyze(model, ignore)
   sizes = {g.name: g.size for g in analysis.groups}
   ranked = _pruned_groups(analysis, keep_stem, keep_residual)
@@ -454,8 +454,8 @@ def _check_latency_table(budget, latency_table):
                      f"received a table with budget={budget!r}.")
 
 
-def _check_arguments(ratio, budget, min_channels, round_to,
-                     latency_table=None):
+def check_arguments(ratio, budget, min_channels, round_to,
+                    latency_table=None):
   """ValueErrors naming the argument; NumPy scalars count as numbers."""
   if not isinstance(ratio, numbers.Real) or isinstance(
       ratio, (bool, np.bool_)) or not 0.0 < ratio < 1.0:

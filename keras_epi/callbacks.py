@@ -592,8 +592,8 @@ def _release(callback):
 
 def _check_arguments(ratio, budget, min_channels, round_to, latency_table,
                      ignore, backup_dir):
-  budget_lib._check_arguments(ratio, budget, min_channels, round_to,  # pylint: disable=protected-access
-                              latency_table)
+  budget_lib.check_arguments(ratio, budget, min_channels, round_to,
+                             latency_table)
   if isinstance(ignore, str) or not isinstance(
       ignore, (list, tuple, set, frozenset)) or not all(
           isinstance(name, str) for name in ignore):
