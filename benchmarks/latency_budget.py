@@ -13,7 +13,10 @@ latency plan with the MAC plan of equal MACs. With ``--timed_passes`` (3 by
 default) each ratio also gets a ``timed_`` plan from
 `keras_epi.select_channels_timed`: the table's plan corrected by timing it
 against the dense model here; its row is timed again in the rounds below,
-independently of the timings that chose it.
+independently of the timings that chose it. With ``--control`` (default)
+a second build of each latency plan is timed as its own row: the two builds
+of one architecture differ only by noise, which bounds what any error
+below can resolve.
 
 Two prediction errors are reported. The absolute one compares seconds
 predicted from a table measured minutes earlier with seconds measured now;
@@ -96,6 +99,10 @@ _TIMED_PASSES = flags.DEFINE_integer(
     "timed_passes", 3, "Per ratio, also a plan from "
     "keras_epi.select_channels_timed with this many timed passes (the "
     "table's plan corrected by timing it here); 0: none.")
+_CONTROL = flags.DEFINE_bool(
+    "control", True, "Per ratio, time a second build of the latency plan as "
+    "its own row (control_): two builds of one architecture timed in the "
+    "same rounds show this host's noise floor.")
 _TFLITE = flags.DEFINE_bool("tflite", False,
                             "Also time the float TFLite models.")
 _TFLITE_THREADS = flags.DEFINE_integer(
@@ -131,6 +138,7 @@ class Config:
   training: bool
   timing: str
   timed_passes: int
+  control: bool
   tflite: bool
   tflite_threads: int
   rounds: int
@@ -151,7 +159,7 @@ def _config_from_flags():
       table_repeats=_TABLE_REPEATS.value, table_warmup=2,
       scores=_SCORES.value, training=_TRAINING.value,
       timing="train_on_batch" if _TRAINING.value else _TIMING.value,
-      timed_passes=_TIMED_PASSES.value,
+      timed_passes=_TIMED_PASSES.value, control=_CONTROL.value,
       tflite=_TFLITE.value, tflite_threads=_TFLITE_THREADS.value,
       rounds=_ROUNDS.value, warmup=_WARMUP.value,
       seconds_per_measurement=_SECONDS_PER_MEASUREMENT.value,
@@ -259,6 +267,10 @@ def _plans(config, model, table, dense_macs):
       plans[f"macs_{ratio}"] = (mac_keep, {
           "ratio": ratio, "budget": "macs", "macs_ratio_asked": 1 - macs,
           "model": keras_epi.prune_model(model, mac_keep)})
+    if config.control:
+      plans[f"control_{ratio}"] = (keep, {
+          "ratio": ratio, "budget": "control",
+          "model": keras_epi.prune_model(model, keep)})
   return plans
 
 
