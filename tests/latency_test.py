@@ -137,6 +137,9 @@ def test_measure_training_step_keeps_the_callers_statistics():
   assert set(table.entries) == {"stem", "c1", "dw", "c2", "fc"}
   assert table.metadata["training"] is True
   assert table.metadata["timing"] == "train_on_batch"
+  # Timing a plan trains clones with the table's step, never the model.
+  timing = table.time_plan(model, {"c1": np.arange(8)}, repeats=1)
+  assert timing["rounds"] == 7 and timing["pruned_seconds"] > 0
   for w, value in zip(model.weights, before):  # BN moving stats included
     np.testing.assert_array_equal(w.numpy(), value)
 
