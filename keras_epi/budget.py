@@ -301,8 +301,7 @@ def select_channels_timed(model, scores, ratio, latency_table, *, passes=3,
   options = dict(min_channels=min_channels, round_to=round_to,
                  keep_stem=keep_stem, keep_residual=keep_residual)
   analysis = graph.analyze(model, ignore)
-  reachable = max_latency_ratio(model, latency_table, ignore=ignore,
-                                **options)
+  reachable = _max_latency_ratio(analysis, latency_table, **options)
   target = 1.0 - ratio
   planned = min(ratio, reachable)
   records, keeps = [], []
@@ -377,7 +376,12 @@ def max_latency_ratio(model, latency_table, *, ignore=(), min_channels=1,
   ```
   """
   check_arguments(0.5, "latency", min_channels, round_to, latency_table)
-  analysis = graph.analyze(model, ignore)
+  return _max_latency_ratio(graph.analyze(model, ignore), latency_table,
+                            min_channels, round_to, keep_stem, keep_residual)
+
+
+def _max_latency_ratio(analysis, latency_table, min_channels, round_to,
+                       keep_stem, keep_residual):
   sizes = {g.name: g.size for g in analysis.groups}
   ranked = _pruned_groups(analysis, keep_stem, keep_residual)
   if not ranked:
