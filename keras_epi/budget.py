@@ -19,6 +19,7 @@ import numbers
 from absl import logging
 import numpy as np
 
+from keras_epi import _validation as validation
 from keras_epi import graph
 from keras_epi import latency as latency_lib
 from keras_epi import plan as plan_lib
@@ -290,14 +291,8 @@ def select_channels_timed(model, scores, ratio, latency_table, *, passes=3,
   ```
   """
   check_arguments(ratio, "latency", min_channels, round_to, latency_table)
-  if not isinstance(passes, numbers.Integral) or isinstance(
-      passes, bool) or passes < 1:
-    raise ValueError(f"`passes` must be an integer >= 1, received "
-                     f"{passes!r}.")
-  if not isinstance(tolerance, numbers.Real) or isinstance(
-      tolerance, (bool, np.bool_)) or not 0.0 < tolerance < 1.0:
-    raise ValueError(f"`tolerance` must be a number in (0, 1), received "
-                     f"{tolerance!r}.")
+  passes = validation.integer("passes", passes, 1)
+  tolerance = validation.number("tolerance", tolerance, "(0, 1)")
   options = dict(min_channels=min_channels, round_to=round_to,
                  keep_stem=keep_stem, keep_residual=keep_residual)
   analysis = graph.analyze(model, ignore)

@@ -347,11 +347,9 @@ class LatencyTable:
           "boolean 'training' (add them to a table written by hand).")
     repeats = _positive_int("repeats", meta.get("repeats", 5)
                             if repeats is None else repeats)
-    warmup = meta.get("warmup", 2) if warmup is None else warmup
-    if not validation.is_integer(warmup) or warmup < 0:
-      raise ValueError(f"`warmup` must be an integer >= 0, received "
-                       f"{warmup!r}.")
-    timer = _Timer(int(meta["batch_size"]), meta["training"], int(warmup),
+    warmup = validation.integer(
+        "warmup", meta.get("warmup", 2) if warmup is None else warmup, 0)
+    timer = _Timer(int(meta["batch_size"]), meta["training"], warmup,
                    repeats)
     pruned = surgeon.prune_model(model, keep, ignore=ignore)
     dense, small = timer.rounds([timer.whole(model), timer.whole(pruned)])
