@@ -56,7 +56,7 @@ def optimizer_variables_to_train(optimizer):
 
 def sublayers(layer):
   """The layers a (subclassed) layer tracks as attributes, not nested."""
-  return list(getattr(layer, "_layers", ()))  # pylint: disable=protected-access
+  return list(getattr(layer, "_layers", ()))
 
 
 def override_symbolic_build(model, build):
@@ -93,8 +93,8 @@ def stateless_copy(layer):
 def backup_and_restore_checkpoint(callback):
   """(weights file, epochs done) of a `keras.callbacks.BackupAndRestore`'s
   latest checkpoint, or None."""
-  weights = getattr(callback, "_weights_path", None)  # pylint: disable=protected-access
-  metadata = getattr(callback, "_training_metadata_path", None)  # pylint: disable=protected-access
+  weights = getattr(callback, "_weights_path", None)
+  metadata = getattr(callback, "_training_metadata_path", None)
   if not (weights and metadata and os.path.exists(weights) and
           os.path.exists(metadata)):
     return None
@@ -105,7 +105,7 @@ def backup_and_restore_checkpoint(callback):
 def backup_and_restore_files(callback):
   """The checkpoint files a `keras.callbacks.BackupAndRestore` writes."""
   return [path for path in (
-      getattr(callback, "_weights_path", None),  # pylint: disable=protected-access
+      getattr(callback, "_weights_path", None),
       getattr(callback, "_training_metadata_path", None),
       getattr(callback, "_prev_weights_path", None),
       getattr(callback, "_prev_training_metadata_path", None))

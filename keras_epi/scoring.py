@@ -64,6 +64,11 @@ class Scoring:
       self._tap.grant()
       self._tapped += 1
 
+  def observe(self, grads, variables):
+    """One train step's gradients (from the tap), to the Taylor scorer."""
+    if self._scorer is not None:
+      self._scorer.update(grads, variables)
+
   def stop(self):
     """No more scoring: plain train steps from now on. Idempotent."""
     if self._tap is not None:
@@ -148,8 +153,7 @@ def _on_gradients(scoring, gammas, penalty):
     scoring = owner()
     if scoring is None:
       return grads
-    if scoring._scorer is not None:  # pylint: disable=protected-access
-      scoring._scorer.update(grads, variables)  # pylint: disable=protected-access
+    scoring.observe(grads, variables)
     if gammas and penalty:
       grads = [g + penalty * keras.ops.sign(v.value)
                if id(v) in gammas and g is not None else g

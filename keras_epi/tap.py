@@ -41,14 +41,13 @@ class GradientTap:
     self._leased = False
     self.model.make_train_function(force=True)
     traced = self.model.train_function
-    tap = self
 
     def train_function(iterator):
-      if not (tap._installed and tap._leased):  # pylint: disable=protected-access
-        tap.remove()  # a stale tap: the fit that installed it is over
-        return tap.model.train_function(iterator)
-      tap._leased = False  # pylint: disable=protected-access
-      with tap.tapping():
+      if not (self._installed and self._leased):
+        self.remove()  # a stale tap: the fit that installed it is over
+        return self.model.train_function(iterator)
+      self._leased = False
+      with self.tapping():
         return traced(iterator)
 
     self._train_function = train_function
