@@ -45,3 +45,22 @@ def boolean(name, value):
     raise ValueError(f"`{name}` must be True or False, received "
                      f"{name}={value!r}.")
   return bool(value)
+
+
+def choice(name, value, choices):
+  """`value` if it is one of `choices`, or a ValueError naming it."""
+  if value not in choices:
+    raise ValueError(f"`{name}` must be one of {choices}, received "
+                     f"{value!r}.")
+  return value
+
+
+def names(name, value):
+  """`value` as a tuple of layer names (a list, tuple or set of strings),
+  or a ValueError naming it."""
+  if isinstance(value, str) or not isinstance(
+      value, (list, tuple, set, frozenset)) or not all(
+          isinstance(n, str) for n in value):
+    raise ValueError(f"`{name}` must be a collection of layer names, "
+                     f"received {value!r}.")
+  return tuple(value)

@@ -18,16 +18,18 @@ trained model and `pruned_model` compute the same function for any
 activation. `keras_epi.fit` instead continues training on `pruned_model`,
 where the training-cost saving comes from.
 
-The parts: the trigger decides when; `keras_epi.tap.GradientTap` sees the
-train step's gradients for Taylor scores without a second backward pass (and
-cannot outlive an exception or the callback); `keras_epi.masking` holds the
-removed channels at zero; `keras_epi.state` keeps the run state, written
-atomically beside the checkpoint, for resuming after a kill.
+The parts: `keras_epi.scoring` scores the channels, through a
+`keras_epi.tap.GradientTap` that sees the train step's gradients for Taylor
+scores without a second backward pass (and cannot outlive an exception or
+the callback); the trigger decides when; `keras_epi.pruning` decides which
+groups may be cut and what the scores remove under the budget, and makes the
+cut (`keras_epi.masking` holds the removed channels at zero);
+`keras_epi.state` keeps the run state, written atomically beside the
+checkpoint, for resuming after a kill. The callback wires them into `fit`.
 """
 
 import contextlib
 import os
-import warnings
 import weakref
 
 from absl import logging
@@ -40,14 +42,14 @@ from keras_epi import graph
 from keras_epi import importance as importance_lib
 from keras_epi import indicators
 from keras_epi import masking
+from keras_epi import pruning as pruning_lib
 from keras_epi import scoring as scoring_lib
 from keras_epi import state as state_lib
-from keras_epi import surgeon as surgeon_lib
 from keras_epi import tap as tap_lib
 from keras_epi import triggers as triggers_lib
 
 CRITERIA = ("taylor", "magnitude")
-POLICIES = ("epi", "early_bird", "fixed")
+POLICIES = triggers_lib.POLICIES
 GradientTap = tap_lib.GradientTap  # re-exported: it used to live here
 channel_masks = masking.channel_masks  # re-exported: it used to live here
 
@@ -152,27 +154,29 @@ class EPICallback(keras.callbacks.Callback):
                trigger=None):
     super().__init__()
     self.prune_ratio = validation.number("prune_ratio", prune_ratio, "(0, 1)")
-    _choice("budget", budget, budget_lib.BUDGETS)
-    _choice("criterion", criterion, CRITERIA)
-    _choice("taylor_reduction", taylor_reduction,
-            importance_lib.TAYLOR_REDUCTIONS)
-    self.trigger = _trigger(trigger, policy, prune_epoch, prune_by,
-                            gradual_steps, early_bird_penalty,
-                            early_bird_distance)
+    self.budget = validation.choice("budget", budget, budget_lib.BUDGETS)
+    self.criterion = validation.choice("criterion", criterion, CRITERIA)
+    self.taylor_reduction = validation.choice(
+        "taylor_reduction", taylor_reduction, importance_lib.TAYLOR_REDUCTIONS)
+    self.trigger = triggers_lib.from_arguments(
+        trigger, policy, prune_epoch, prune_by, gradual_steps,
+        early_bird_penalty, early_bird_distance)
     self.window = validation.integer("window", window, 1)
     self.threshold = validation.number(
         "threshold", indicators.PAPER_THRESHOLDS[criterion]
         if threshold is None else threshold, "(0, 1]")
-    _check_arguments(self.prune_ratio, budget, min_channels, round_to,
-                     latency_table, ignore, backup_dir)
-    self.budget, self.criterion = budget, criterion
+    budget_lib.check_arguments(self.prune_ratio, budget, min_channels,
+                               round_to, latency_table)
     self.latency_table = latency_table
-    self.ignore = tuple(ignore)
+    self.ignore = validation.names("ignore", ignore)
+    if backup_dir is not None and not isinstance(backup_dir,
+                                                 (str, os.PathLike)):
+      raise ValueError(f"`backup_dir` must be None or a directory path (a "
+                       f"string), received {backup_dir!r}.")
     self.min_channels, self.round_to = int(min_channels), int(round_to)
     self.keep_stem = validation.boolean("keep_stem", keep_stem)
     self.keep_residual = validation.boolean("keep_residual", keep_residual)
     self.prune_frozen = validation.boolean("prune_frozen", prune_frozen)
-    self.taylor_reduction = taylor_reduction
     self.init_steps = validation.integer("init_steps", init_steps, 1)
     self.backup_dir = None if backup_dir is None else os.fspath(backup_dir)
     self.verbose = verbose
@@ -188,8 +192,7 @@ class EPICallback(keras.callbacks.Callback):
     self.frozen_groups = ()
     self._state = None  # state_lib.RunState of this run
     self._saved = None  # the state found in backup_dir, until reconciled
-    self._masks = self._apply_masks = self._analysis = None
-    self._groups = []
+    self._pruning = None  # pruning_lib.Pruning of this fit
     self._gradual_epoch = None
     self._gradual_step = 0
     self._epoch = 0
@@ -269,7 +272,7 @@ class EPICallback(keras.callbacks.Callback):
     analysis = None
     if self.state_file and self.state_file.exists():
       analysis = graph.analyze(model, self.ignore)
-    saved = _load_state(self, analysis, model)
+    saved = self.state_file.load_for(model, analysis) if analysis is not None else None
     if saved is None or saved.prune is None:
       return None
     pending = saved.prune.get("weights") is None
@@ -286,9 +289,8 @@ class EPICallback(keras.callbacks.Callback):
           "checkpoint); keras_epi.fit cannot continue it. Continue it with "
           "model.fit, or delete the directory to start afresh.")
     self._adopt(saved)
-    with model.distribute_strategy.scope():
-      self.pruned_model, self.surgeon = surgeon_lib.prune_with_surgeon(
-          model, self.keep, self.ignore, analysis=analysis)
+    self.pruned_model, self.surgeon = pruning_lib.cut(model, self.keep,
+                                                      self.ignore, analysis)
     self._finish_cut(save=pending)
     if not pending:
       self.state_file.load_weights(self.pruned_model)
@@ -313,17 +315,25 @@ class EPICallback(keras.callbacks.Callback):
       return
     self._reset()
     model = self.model
-    self._analysis = graph.analyze(model, self.ignore)
-    self.frozen_groups, self._groups = _prunable_groups(self, self._analysis)
-    self._saved = _load_state(self, self._analysis, model)
-    self._state = state_lib.RunState(_fingerprint(model, self._analysis))
+    analysis = graph.analyze(model, self.ignore)
+    self.frozen_groups, groups = pruning_lib.prunable_groups(
+        model, analysis, keep_stem=self.keep_stem,
+        keep_residual=self.keep_residual, prune_frozen=self.prune_frozen,
+        min_channels=self.min_channels)
+    self._check_init_steps()
+    self._pruning = pruning_lib.Pruning(
+        analysis, groups, budget=self.budget,
+        latency_table=self.latency_table, min_channels=self.min_channels,
+        round_to=self.round_to, ignore=self.ignore)
+    self._saved = (self.state_file.load_for(model, analysis)
+                   if self.state_file else None)
+    self._state = state_lib.RunState(state_lib.fingerprint(model, analysis))
     self.trigger.start(self.criterion, window=self.window,
                        threshold=self.threshold)
-    self._macs_dense = budget_lib.planned_macs(self._analysis, {})
     if self.budget == "latency":
-      self._check_latency_target()
+      self._pruning.check_latency_target(self.prune_ratio)
     self._scoring = scoring_lib.Scoring(
-        model, self._groups, self.criterion, self.trigger.ranks_batchnorm,
+        model, groups, self.criterion, self.trigger.ranks_batchnorm,
         self.trigger.gamma_penalty, self.taylor_reduction)
 
   def on_epoch_begin(self, epoch, logs=None):
@@ -349,8 +359,8 @@ class EPICallback(keras.callbacks.Callback):
           not self.pruned and self._epoch == 0 and
           batch + 1 >= self.init_steps):
       self._prune(self._scoring.scores_for_pruning(0), 0)
-    if self._apply_masks is not None:
-      self._apply_masks()
+    if self._pruning is not None:
+      self._pruning.apply_masks()
 
   def on_epoch_end(self, epoch, logs=None):
     logs = logs if logs is not None else {}
@@ -390,7 +400,8 @@ class EPICallback(keras.callbacks.Callback):
     """The physically smaller `keras.Model`, or None."""
     if getattr(self, "_recut", False):
       self._recut = False
-      self._pruned_model, self.surgeon = _cut_after_fit(self)
+      self._pruned_model, self.surgeon = self._pruning.cut_after_fit(
+          self.model, self.keep)
     return self._pruned_model
 
   @pruned_model.setter
@@ -413,6 +424,17 @@ class EPICallback(keras.callbacks.Callback):
           "model).")
     _RUNNING[self.model] = weakref.ref(self)
 
+  def _check_init_steps(self):
+    steps = (self.params or {}).get("steps")
+    if (self.trigger.at_start and self.criterion == "taylor" and
+        self.trigger.gradual_steps == 1 and steps is not None and
+        self.init_steps > steps):
+      raise ValueError(
+          f"`init_steps`={self.init_steps} is longer than an epoch ({steps} "
+          "steps): with policy='fixed' and prune_epoch=0 the model is pruned "
+          "after `init_steps` batches of the first epoch. Pass init_steps <= "
+          f"{steps}, or prune_epoch=1 to prune after the first epoch.")
+
   # -- scoring ----------------------------------------------------------------
 
   def _score_epoch(self, epoch):
@@ -424,12 +446,13 @@ class EPICallback(keras.callbacks.Callback):
         return None, None, False
       scores = self._scoring.scores_for_pruning(epoch)  # still fires
     self.importance = scores
-    keep = self._plan(scores, self.prune_ratio)
-    widths = {g.name: len(keep[g.name]) for g in self._groups}
+    keep = self._pruning.plan(scores, self.prune_ratio, self.keep)
+    groups = self._pruning.groups
+    widths = {g.name: len(keep[g.name]) for g in groups}
     self._epi.update(list(widths.values()))
     sub = triggers_lib.SubNetwork(
-        epoch, {g.name: keep[g.name] for g in self._groups},
-        {g.name: g.size for g in self._groups}, self._epi.latest)
+        epoch, {g.name: keep[g.name] for g in groups},
+        {g.name: g.size for g in groups}, self._epi.latest)
     fired = self.trigger.update(epoch, sub)
     if fired:
       self._fire_reason = fired if isinstance(fired, str) else \
@@ -437,36 +460,12 @@ class EPICallback(keras.callbacks.Callback):
     self._last_logs = {
         "epi": float(self._epi.latest or 0.0),
         "kept_fraction": float(sub.kept_fraction),
-        "macs_fraction": float(budget_lib.planned_macs(self._analysis, keep) /
-                               self._macs_dense),
+        "macs_fraction": self._pruning.macs_fraction(keep),
         **self.trigger.logs()}
     return {"widths": widths, "epi": self._epi.latest,
             "logs": self._last_logs}, keep, bool(fired)
 
   # -- pruning ----------------------------------------------------------------
-
-  def _plan(self, scores, ratio):
-    """The dominant sub-network for `ratio`; channels already removed by a
-    gradual step are ranked first for removal, so steps only add to it."""
-    if self.keep is not None:
-      scores = {name: np.where(np.isin(np.arange(len(v)), self.keep[name]),
-                               v, -np.inf) for name, v in scores.items()}
-    return budget_lib.plan_channels(
-        self._analysis, scores, ratio, budget=self.budget,
-        latency_table=self.latency_table, min_channels=self.min_channels,
-        round_to=self.round_to, keep_stem=False)
-
-  def _check_latency_target(self):
-    """Plans once with flat scores, so that a latency target the table
-    says cannot be met (which does not depend on the scores) fails before
-    the first epoch, not at the prune epoch."""
-    try:
-      self._plan({g.name: np.ones(g.size) for g in self._groups},
-                 self.prune_ratio)
-    except ValueError as e:
-      raise ValueError(f"EPICallback(prune_ratio={self.prune_ratio:g}, "
-                       f"budget='latency'), checked before training: "
-                       f"{e}") from None
 
   def _start_gradual(self, epoch):
     if not self.params or self.params.get("steps") is None:
@@ -487,14 +486,15 @@ class EPICallback(keras.callbacks.Callback):
     scores = self._scoring.scores(self._epoch)
     if scores is not None:
       self.importance = scores
-      self.keep = self._plan(scores, self.prune_ratio * step / steps)
-      self._start_masking()
+      self.keep = self._pruning.plan(scores, self.prune_ratio * step / steps,
+                                     self.keep)
+      self._pruning.start_masking(self.model, self.keep)
 
   def _prune(self, scores, prune_epoch, keep=None):
     model = self.model
     self.importance = scores
-    self.keep = keep if keep is not None else self._plan(scores,
-                                                         self.prune_ratio)
+    self.keep = keep if keep is not None else self._pruning.plan(
+        scores, self.prune_ratio, self.keep)
     self.prune_epoch = prune_epoch
     self.prune_reason = self._fire_reason or self.trigger.name
     self._state.prune = {
@@ -503,12 +503,16 @@ class EPICallback(keras.callbacks.Callback):
         "weights": None, "handoff": self._handoff is not None,
         "dense_checkpoint_removed": False}
     if self._handoff is None:  # keras_epi.fit trains the cut model instead
-      self._start_masking()
-    with model.distribute_strategy.scope():
-      self.pruned_model, self.surgeon = surgeon_lib.prune_with_surgeon(
-          model, self.keep, self.ignore, analysis=self._analysis)
-    self._last_logs.update(_prune_logs(self, self._macs_dense))
-    self._last_logs.setdefault("epi", float(self._epi.latest or 0.0))
+      self._pruning.start_masking(model, self.keep)
+    self.pruned_model, self.surgeon = self._pruning.cut(model, self.keep)
+    latest = self._epi.latest
+    when = (f"after {prune_epoch} dense epoch(s) (trigger "
+            f"{self.trigger.describe()}, EPI="
+            f"{'n/a' if latest is None else f'{latest:.4f}'})")
+    self._last_logs.update(self._pruning.prune_logs(
+        model, self.pruned_model, self.keep,
+        when=when if self.verbose else None))
+    self._last_logs.setdefault("epi", float(latest or 0.0))
     self._scoring.stop()  # scoring is over: plain train steps
     self.skipped_batches = self._scoring.skipped
     if self._handoff is not None:
@@ -525,11 +529,6 @@ class EPICallback(keras.callbacks.Callback):
           self.pruned_model)
       self._save_state()
 
-  def _start_masking(self):
-    self._masks = masking.channel_masks(self.model, self._analysis, self.keep)
-    self._apply_masks = masking.make_mask_function(self._masks)
-    self._apply_masks()
-
   # -- the run state ------------------------------------------------------------
 
   def _resume(self, epochs_done):
@@ -545,7 +544,7 @@ class EPICallback(keras.callbacks.Callback):
     if self.pruned:
       self._scoring.stop()
       if self._handoff is None:
-        self._start_masking()
+        self._pruning.start_masking(self.model, self.keep)
       logging.info("EPICallback: resumed a run pruned after %d epochs.",
                    self.prune_epoch)
 
@@ -588,157 +587,3 @@ def _release(callback):
   if model is not None and _RUNNING.get(model) is not None and \
       _RUNNING[model]() is callback:
     del _RUNNING[model]
-
-
-def _check_arguments(ratio, budget, min_channels, round_to, latency_table,
-                     ignore, backup_dir):
-  budget_lib.check_arguments(ratio, budget, min_channels, round_to,
-                             latency_table)
-  if isinstance(ignore, str) or not isinstance(
-      ignore, (list, tuple, set, frozenset)) or not all(
-          isinstance(name, str) for name in ignore):
-    raise ValueError(f"`ignore` must be a collection of layer names, "
-                     f"received {ignore!r}.")
-  if backup_dir is not None and not isinstance(backup_dir,
-                                               (str, os.PathLike)):
-    raise ValueError(f"`backup_dir` must be None or a directory path (a "
-                     f"string), received {backup_dir!r}.")
-
-
-def _prunable_groups(callback, analysis):
-  """(frozen group names, the groups the callback prunes), with the errors
-  and warnings that need the model and the fit's parameters."""
-  model, groups = callback.model, analysis.groups
-  stem = groups[0].name if groups else None
-  frozen = () if callback.prune_frozen else tuple(
-      g.name for g in groups
-      if any(_is_frozen(graph.layer_at(model, path)) for path, _ in g.members))
-  prunable = [g for g in groups
-              if not (callback.keep_stem and g.name == stem) and
-              not (callback.keep_residual and g.residual) and
-              g.name not in frozen]
-  if frozen:
-    logging.info(
-        "EPICallback: %d group(s) with frozen layers (trainable=False) are "
-        "kept whole: %s. Pass prune_frozen=True to prune them.", len(frozen),
-        ", ".join(frozen[:8]) + (", ..." if len(frozen) > 8 else ""))
-  if not prunable:
-    raise ValueError(
-        f"Model '{model.name}' has no prunable channel groups (its groups: "
-        f"{[g.name for g in groups]}; keep_stem={callback.keep_stem}, "
-        f"keep_residual={callback.keep_residual}, frozen groups kept whole: "
-        f"{list(frozen)}). EPICallback needs trainable convolution or Dense "
-        "layers whose outputs are not model outputs (or prune_frozen=True).")
-  if all(callback.min_channels >= g.size for g in prunable):
-    warnings.warn(
-        f"EPICallback: min_channels={callback.min_channels} is at least the "
-        f"size of every prunable group (largest: "
-        f"{max(g.size for g in prunable)} channels), so pruning removes "
-        "nothing. Lower `min_channels`.", UserWarning, stacklevel=4)
-  steps = (callback.params or {}).get("steps")
-  trigger = callback.trigger
-  if (trigger.at_start and callback.criterion == "taylor" and
-      trigger.gradual_steps == 1 and steps is not None and
-      callback.init_steps > steps):
-    raise ValueError(
-        f"`init_steps`={callback.init_steps} is longer than an epoch ({steps} "
-        "steps): with policy='fixed' and prune_epoch=0 the model is pruned "
-        "after `init_steps` batches of the first epoch. Pass init_steps <= "
-        f"{steps}, or prune_epoch=1 to prune after the first epoch.")
-  return frozen, prunable
-
-
-def _load_state(callback, analysis, model):
-  """The state saved in the callback's `backup_dir` for `model`, or None."""
-  saved = callback.state_file.load() if callback.state_file else None
-  if saved is not None and saved.fingerprint["groups"] != _fingerprint(
-      model, analysis)["groups"]:
-    warnings.warn(
-        f"EPICallback: the run state in {callback.backup_dir} is of another "
-        f"model (saved for model '{saved.fingerprint.get('model')}' with "
-        f"{len(saved.fingerprint['groups'])} channel groups; '{model.name}' "
-        f"has other groups or sizes); it is ignored and will be "
-        "overwritten. Use another `backup_dir` to keep it.", UserWarning,
-        stacklevel=3)
-    return None
-  return saved
-
-
-def _trigger(trigger, policy, prune_epoch, prune_by, gradual_steps,
-             early_bird_penalty, early_bird_distance):
-  """`trigger`, or the one the policy arguments stand for."""
-  _choice("policy", policy, POLICIES)
-  from_policy = triggers_lib.from_policy(
-      policy, prune_epoch, prune_by, gradual_steps, early_bird_penalty,
-      early_bird_distance)
-  if trigger is None:
-    return from_policy
-  if not isinstance(trigger, triggers_lib.Trigger):
-    raise ValueError(f"`trigger` must be a keras_epi.triggers.Trigger "
-                     f"(e.g. keras_epi.triggers.EPITrigger()), received "
-                     f"{trigger!r}.")
-  if (policy, prune_epoch, prune_by, gradual_steps) != ("epi", None, None,
-                                                         1):
-    raise ValueError("Pass either `trigger` or the policy arguments "
-                     "(`policy`, `prune_epoch`, `prune_by`, "
-                     "`gradual_steps`), not both.")
-  return trigger
-
-
-def _cut_after_fit(callback):
-  """(pruned model, surgeon) cut from the masked model after a plain fit,
-  with a warning where its removed channels are no longer zero."""
-  model = callback.model
-  restored = masking.unmasked(callback._masks) if callback._masks else []  # pylint: disable=protected-access
-  if restored:
-    warnings.warn(
-        f"EPICallback: after the fit, the removed channels of "
-        f"'{model.name}' are not zero ({restored[0]}, ...): another "
-        "callback set weights from before the prune (EarlyStopping("
-        "restore_best_weights=True) whose best epoch came before it?). "
-        "`pruned_model` is the cut of those weights, which were not "
-        "trained after the cut and differ from the model's function. "
-        "Use keras_epi.fit, where EarlyStopping restarts at the prune.",
-        UserWarning, stacklevel=3)
-  with model.distribute_strategy.scope():
-    return surgeon_lib.prune_with_surgeon(
-        model, callback.keep, callback.ignore,
-        analysis=callback._analysis)  # pylint: disable=protected-access
-
-
-def _choice(name, value, choices):
-  if value not in choices:
-    raise ValueError(f"`{name}` must be one of {choices}, received "
-                     f"{value!r}.")
-
-
-def _is_frozen(layer):
-  """A layer with weights that are not trained (``trainable=False``).
-  `layer` may be None: a layer a composite layer makes in its `call`."""
-  return layer is not None and bool(layer.weights) and not layer.trainable
-
-
-def _fingerprint(model, analysis):
-  return {"model": model.name,
-          "groups": [[g.name, g.size] for g in analysis.groups]}
-
-
-def _prune_logs(callback, macs_before):
-  """The logs and the log line of the prune event."""
-  keep, groups, pruned = callback.keep, callback._groups, callback.pruned_model  # pylint: disable=protected-access
-  macs_after = budget_lib.count_macs(pruned)
-  if callback.verbose:
-    changes = ", ".join(f"{g.name} {g.size}->{len(keep[g.name])}"
-                        for g in groups[:8] if len(keep[g.name]) != g.size)
-    latest = callback._epi.latest  # pylint: disable=protected-access
-    logging.info(
-        "EPICallback: pruning after %d dense epoch(s) (trigger %s, EPI=%s): "
-        "MACs %.4gG -> %.4gG (%.1f%%), params %d -> %d; widths: %s%s",
-        callback.prune_epoch, callback.trigger.describe(),
-        "n/a" if latest is None else f"{latest:.4f}", macs_before / 1e9,
-        macs_after / 1e9, 100 * macs_after / macs_before,
-        callback.model.count_params(), pruned.count_params(), changes,
-        ", ..." if len(groups) > 8 else "")
-  return {"kept_fraction": float(sum(len(keep[g.name]) for g in groups) /
-                                 sum(g.size for g in groups)),
-          "macs_fraction": float(macs_after / macs_before)}

@@ -122,6 +122,13 @@ def resume_at(saved, epochs_done, directory):
   return state
 
 
+def fingerprint(model, analysis):
+  """What identifies a run's model: its name and its groups' names and
+  sizes."""
+  return {"model": model.name,
+          "groups": [[g.name, g.size] for g in analysis.groups]}
+
+
 class StateFile:
   """`RunState` (and the pruned weights) in a directory."""
 
@@ -146,6 +153,22 @@ class StateFile:
           "not from this version of keras_epi or is damaged: delete it to "
           "start the run afresh (and the BackupAndRestore checkpoint beside "
           "it), or pass another `backup_dir`.") from e
+
+  def load_for(self, model, analysis):
+    """`load`, or None with a warning where the state is of another model
+    (another `fingerprint`): it is then overwritten by this run."""
+    saved = self.load()
+    if saved is not None and saved.fingerprint["groups"] != fingerprint(
+        model, analysis)["groups"]:
+      warnings.warn(
+          f"EPICallback: the run state in {self.directory} is of another "
+          f"model (saved for model '{saved.fingerprint.get('model')}' with "
+          f"{len(saved.fingerprint['groups'])} channel groups; "
+          f"'{model.name}' has other groups or sizes); it is ignored and "
+          "will be overwritten. Use another `backup_dir` to keep it.",
+          UserWarning, stacklevel=3)
+      return None
+    return saved
 
   def save(self, state):
     _write_atomically(self.path, json.dumps(state.to_json()).encode())

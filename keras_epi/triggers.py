@@ -327,3 +327,29 @@ def from_policy(policy, prune_epoch=None, prune_by=None, gradual_steps=1,
   if gradual_steps > 1:
     trigger = Gradual(trigger, gradual_steps)
   return trigger
+
+
+POLICIES = ("epi", "early_bird", "fixed")
+
+
+def from_arguments(trigger, policy="epi", prune_epoch=None, prune_by=None,
+                   gradual_steps=1, early_bird_penalty=1e-4,
+                   early_bird_distance=0.1):
+  """`EPICallback`'s trigger: `trigger`, or the one its policy arguments
+  stand for (`from_policy`); a ValueError where both are given."""
+  validation.choice("policy", policy, POLICIES)
+  # Built even when `trigger` is given: it checks the policy arguments.
+  built = from_policy(policy, prune_epoch, prune_by, gradual_steps,
+                      early_bird_penalty, early_bird_distance)
+  if trigger is None:
+    return built
+  if not isinstance(trigger, Trigger):
+    raise ValueError(f"`trigger` must be a keras_epi.triggers.Trigger "
+                     f"(e.g. keras_epi.triggers.EPITrigger()), received "
+                     f"{trigger!r}.")
+  if (policy, prune_epoch, prune_by, gradual_steps) != ("epi", None, None,
+                                                         1):
+    raise ValueError("Pass either `trigger` or the policy arguments "
+                     "(`policy`, `prune_epoch`, `prune_by`, "
+                     "`gradual_steps`), not both.")
+  return trigger
