@@ -460,9 +460,7 @@ def check_arguments(ratio, budget, min_channels, round_to,
       ratio, (bool, np.bool_)) or not 0.0 < ratio < 1.0:
     raise ValueError(f"`ratio` must be a number in (0, 1), received "
                      f"{ratio!r}.")
-  if budget not in BUDGETS:
-    raise ValueError(f"`budget` must be one of {BUDGETS}, received "
-                     f"{budget!r}.")
+  validation.choice("budget", budget, BUDGETS)
   if not isinstance(min_channels, numbers.Integral) or isinstance(
       min_channels, bool) or min_channels < 1:
     raise ValueError(f"`min_channels` must be an integer >= 1, received "

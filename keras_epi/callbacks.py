@@ -154,7 +154,6 @@ class EPICallback(keras.callbacks.Callback):
                trigger=None):
     super().__init__()
     self.prune_ratio = validation.number("prune_ratio", prune_ratio, "(0, 1)")
-    self.budget = validation.choice("budget", budget, budget_lib.BUDGETS)
     self.criterion = validation.choice("criterion", criterion, CRITERIA)
     self.taylor_reduction = validation.choice(
         "taylor_reduction", taylor_reduction, importance_lib.TAYLOR_REDUCTIONS)
@@ -167,7 +166,7 @@ class EPICallback(keras.callbacks.Callback):
         if threshold is None else threshold, "(0, 1]")
     budget_lib.check_arguments(self.prune_ratio, budget, min_channels,
                                round_to, latency_table)
-    self.latency_table = latency_table
+    self.budget, self.latency_table = budget, latency_table
     self.ignore = validation.names("ignore", ignore)
     if backup_dir is not None and not isinstance(backup_dir,
                                                  (str, os.PathLike)):

@@ -30,6 +30,8 @@ import numpy as np
 from keras_epi import _validation as validation
 from keras_epi import indicators
 
+POLICIES = ("epi", "early_bird", "fixed")  # EPICallback's `policy`
+
 
 @dataclasses.dataclass(frozen=True)
 class SubNetwork:
@@ -327,9 +329,6 @@ def from_policy(policy, prune_epoch=None, prune_by=None, gradual_steps=1,
   if gradual_steps > 1:
     trigger = Gradual(trigger, gradual_steps)
   return trigger
-
-
-POLICIES = ("epi", "early_bird", "fixed")
 
 
 def from_arguments(trigger, policy="epi", prune_epoch=None, prune_by=None,
