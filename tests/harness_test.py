@@ -1,4 +1,9 @@
-"""Tests of benchmarks/harness.py: alternated timing with known ratios."""
+"""Tests of benchmarks/harness.py: alternated timing with known ratios.
+
+The callables advance a fake clock instead of sleeping, so every time and
+ratio has an exact oracle (1-4 ms sleeps overshot by up to 0.6 ms under the
+test suite's own load, which made the sleeping version flaky).
+"""
 
 import json
 import time
@@ -10,36 +15,58 @@ from benchmarks import common
 from benchmarks import harness
 
 
-class _Log:
-  """Callables that sleep a known time and log which ran."""
+class _Clock:
+  """`harness.time` for a test: a clock that only `sleep` advances."""
 
   def __init__(self):
+    self.now = 0.0
+
+  def perf_counter(self):
+    return self.now
+
+  def sleep(self, seconds):
+    self.now += seconds
+
+
+@pytest.fixture(name="clock")
+def _clock(monkeypatch):
+  clock = _Clock()
+  monkeypatch.setattr(harness, "time", clock)
+  return clock
+
+
+class _Log:
+  """Callables that take a known time on `clock` and log which ran."""
+
+  def __init__(self, clock):
     self.calls = []
+    self.clock = clock
 
   def sleeper(self, name, seconds):
     def call():
       self.calls.append(name)
-      time.sleep(seconds)
+      self.clock.sleep(seconds)
     return call
 
 
-def test_known_sleep_ratio_and_rotating_order():
-  log = _Log()
+def test_known_sleep_ratio_and_rotating_order(clock):
+  log = _Log(clock)
   timing = harness.time_alternately(
       {"short": log.sleeper("short", 0.002),
        "long": log.sleeper("long", 0.004)},
       rounds=6, warmup=1, num_calls=10)
-  # Oracle: sleeping 4 ms takes twice as long as sleeping 2 ms (the sleeps'
-  # overshoot, tens of microseconds, is within the tolerance).
-  assert timing["ratio"]["long"] == pytest.approx(2.0, rel=0.25)
+  # Oracle: 4 ms per call is twice 2 ms, in every round.
+  assert timing["ratio"]["long"] == pytest.approx(2.0, rel=1e-9)
   assert timing["ratio"]["short"] == 1.0
   low, high = timing["ratio_range"]["long"]
   q25, q75 = timing["ratio_quartiles"]["long"]
+  assert low == pytest.approx(2.0, rel=1e-9) and high == pytest.approx(
+      2.0, rel=1e-9)
   assert low <= q25 <= timing["ratio"]["long"] <= q75 <= high
   for name, want in (("short", 0.002), ("long", 0.004)):
     assert len(timing["seconds"][name]) == 6
-    assert timing["median_seconds"][name] == pytest.approx(want, rel=0.25)
-    assert min(timing["seconds"][name]) >= want
+    assert timing["median_seconds"][name] == pytest.approx(want, rel=1e-9)
+    assert timing["seconds"][name] == pytest.approx([want] * 6, rel=1e-9)
   # The order alternates round by round, and the log shows it: one warm-up
   # call each, then per round 10 calls of each in that round's order.
   assert timing["order"] == [["short", "long"], ["long", "short"]] * 3
@@ -60,7 +87,7 @@ def test_rotation_of_three_puts_each_first_once():
   assert sorted(o[0] for o in orders) == names
 
 
-def test_paired_ratios_follow_each_round():
+def test_paired_ratios_follow_each_round(clock):
   """A callable always 3x the first in its round, while the machine's speed
   changes 4x between rounds: the paired ratio stays 3."""
 
@@ -80,23 +107,25 @@ def test_paired_ratios_follow_each_round():
     def call():
       round_index = count[0] // 4  # 2 callables x 2 calls per round
       count[0] += 1
-      time.sleep(0.001 * factor * slowdown[round_index])
+      clock.sleep(0.001 * factor * slowdown[round_index])
     return call
 
   timing = harness.time_alternately(
       {"base": make(1), "slow": make(3)}, rounds=3, warmup=0, num_calls=2,
       monitor=FakeMonitor())
-  assert timing["ratio"]["slow"] == pytest.approx(3.0, rel=0.25)
+  assert timing["ratio"]["slow"] == pytest.approx(3.0, rel=1e-9)
   low, high = timing["ratio_range"]["slow"]
-  assert 3.0 * 0.75 < low <= high < 3.0 * 1.25
-  base = timing["seconds"]["base"]
-  assert max(base) / min(base) > 3.0  # the machine's speed did change
+  assert low == pytest.approx(3.0, rel=1e-9) and high == pytest.approx(
+      3.0, rel=1e-9)
+  # The machine's speed did change: 1 ms, 4 ms and 2 ms per base call.
+  assert timing["seconds"]["base"] == pytest.approx([0.001, 0.004, 0.002],
+                                                    rel=1e-9)
   assert timing["foreign_load"] == [0.5, 0.5, 0.5]
 
 
-def test_calibrate_and_synchronize():
-  n = harness.calibrate(lambda: time.sleep(0.002), seconds=0.02)
-  assert 5 <= n <= 10
+def test_calibrate_and_synchronize(clock):
+  assert harness.calibrate(lambda: clock.sleep(0.002), seconds=0.02) == 10
+  assert harness.calibrate(lambda: clock.sleep(0.05), seconds=0.02) == 1
   out = harness.synchronize({"a": np.ones(2), "b": [np.zeros(1)]})
   np.testing.assert_array_equal(out["a"], [1.0, 1.0])
   assert harness.synchronize(None) is None
