@@ -141,7 +141,7 @@ def plan_channels(analysis, scores, ratio, *, budget="neurons",
         f"channel scores}} (e.g. from keras_epi.magnitude_importance), "
         f"received a {type(scores).__name__}.")
   sizes = {g.name: g.size for g in analysis.groups}
-  pruned = set(_pruned_groups(analysis, keep_stem, keep_residual))
+  pruned = set(candidate_groups(analysis, keep_stem, keep_residual))
   ranked = {}
   for name, values in scores.items():
     if name not in sizes:
@@ -378,7 +378,7 @@ def max_latency_ratio(model, latency_table, *, ignore=(), min_channels=1,
 def _max_latency_ratio(analysis, latency_table, min_channels, round_to,
                        keep_stem, keep_residual):
   sizes = {g.name: g.size for g in analysis.groups}
-  ranked = _pruned_groups(analysis, keep_stem, keep_residual)
+  ranked = candidate_groups(analysis, keep_stem, keep_residual)
   if not ranked:
     raise ValueError(_NOTHING_TO_PRUNE)
   cost = _LatencyCost(analysis, latency_table, (), sizes)
@@ -387,8 +387,10 @@ def _max_latency_ratio(analysis, latency_table, min_channels, round_to,
   return _floor(1.0 - smallest / cost.dense)
 
 
-def _pruned_groups(analysis, keep_stem, keep_residual):
-  """Names of the groups a plan may cut, in the analysis' order."""
+def candidate_groups(analysis, keep_stem, keep_residual):
+  """Names of the groups a plan may cut, in the analysis' order: all but
+  the stem's (with `keep_stem`) and the residual streams (with
+  `keep_residual`)."""
   stem = analysis.groups[0].name if analysis.groups else None
   return [g.name for g in analysis.groups
           if not (keep_stem and g.name == stem) and

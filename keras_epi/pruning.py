@@ -39,13 +39,13 @@ def prunable_groups(model, analysis, *, keep_stem, keep_residual,
     ValueError: where no group may be cut.
   """
   groups = analysis.groups
-  stem = groups[0].name if groups else None
   frozen = () if prune_frozen else tuple(
       g.name for g in groups
       if any(_is_frozen(graph.layer_at(model, path)) for path, _ in g.members))
+  candidates = set(budget_lib.candidate_groups(analysis, keep_stem,
+                                               keep_residual))
   prunable = [g for g in groups
-              if not (keep_stem and g.name == stem) and
-              not (keep_residual and g.residual) and g.name not in frozen]
+              if g.name in candidates and g.name not in frozen]
   if frozen:
     logging.info(
         "EPICallback: %d group(s) with frozen layers (trainable=False) are "
