@@ -268,10 +268,10 @@ class EPICallback(keras.callbacks.Callback):
     self._reset()
     self.trigger.start(self.criterion, window=self.window,
                        threshold=self.threshold)
-    analysis = None
+    analysis = saved = None
     if self.state_file and self.state_file.exists():
       analysis = graph.analyze(model, self.ignore)
-    saved = self.state_file.load_for(model, analysis) if analysis is not None else None
+      saved = self.state_file.load_for(model, analysis)
     if saved is None or saved.prune is None:
       return None
     pending = saved.prune.get("weights") is None
