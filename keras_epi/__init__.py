@@ -3,7 +3,7 @@
 Public API:
   channel_groups, ChannelGroup: which channels of a model are coupled.
   prune_model: physically remove channels, keeping every surviving weight.
-  count_macs: multiply-accumulates for one example.
+  count_macs: multiply-accumulates for one example (of a plan, per layer).
   magnitude_importance: filter-norm scores per group.
   select_channels: the dominant sub-network under a neuron, MAC or latency
     budget.
@@ -11,6 +11,7 @@ Public API:
     plan's latency.
   max_latency_ratio: the largest latency ratio a table says can be removed.
   select_channels_timed: a latency plan corrected by timing it here.
+  uniform_plan: the same fraction of every group kept.
   EPICallback: scoring, the Early Pruning Indicator and pruning in model.fit.
   triggers: when to prune (EPITrigger, EarlyBirdTrigger, AtEpoch, Deadline,
     Gradual, or a Trigger of your own), for EPICallback(trigger=...).
@@ -20,12 +21,15 @@ Public API:
     the convolutions before it (for export and timing).
   register_layer, unregister_layer, LayerRule: teach keras_epi a layer type
     (the layer registry, keras_epi.layers).
+  timing: callables timed alternately, and the machine record (the timer of
+    LatencyTable and of the benchmarks).
 """
 
 from keras_epi.budget import count_macs
 from keras_epi.budget import max_latency_ratio
 from keras_epi.budget import select_channels
 from keras_epi.budget import select_channels_timed
+from keras_epi.budget import uniform_plan
 from keras_epi.callbacks import EPICallback
 from keras_epi.export import export_tflite
 from keras_epi.export import fold_batchnorm
@@ -41,6 +45,7 @@ from keras_epi.layers import unregister_layer
 from keras_epi.surgeon import prune_model
 from keras_epi.training import fit
 from keras_epi.version import __version__
+from keras_epi import timing  # pylint: disable=g-bad-import-order
 from keras_epi import triggers  # pylint: disable=g-bad-import-order
 
 __all__ = [
@@ -61,7 +66,9 @@ __all__ = [
     "register_layer",
     "select_channels",
     "select_channels_timed",
+    "timing",
     "triggers",
+    "uniform_plan",
     "unregister_layer",
     "__version__",
 ]

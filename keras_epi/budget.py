@@ -31,27 +31,91 @@ _NOTHING_TO_PRUNE = (
     "keep_residual=True).")
 
 
-def count_macs(model):
+def count_macs(model, keep=None, *, ignore=(), input_shape=None,
+               per_layer=False):
   """Multiply-accumulates of `model` for one example.
 
   Args:
-    model: A built functional or Sequential `keras.Model` with known spatial
-      input shape. Nested models are counted with the shapes of their outer
-      call, composite custom layers through their sublayers; a layer called
-      twice counts twice. channels_first layers are counted too.
+    model: A built functional or Sequential `keras.Model`. Nested models are
+      counted with the shapes of their outer call, composite custom layers
+      through their sublayers; a layer called twice counts twice.
+      channels_first layers are counted too.
+    keep: A plan (``{group name: kept indices}``, see
+      `keras_epi.select_channels`): the MACs of the model that
+      `keras_epi.prune_model(model, keep)` would return, without building
+      it. None counts `model` as it is.
+    ignore: The `ignore` given to `keras_epi.channel_groups` (with `keep`).
+    input_shape: The per-example input shape (a list of them for several
+      inputs) to count at, for a model built on open sizes such as
+      ``(None, None, 3)``. None counts at the model's own input shapes.
+    per_layer: Return ``{call key: MACs}`` instead of the total: the key is
+      the layer's path (``"conv1"``, ``"backbone/conv1"``), ``"path#k"`` for
+      its call ``k >= 1`` (the keys of `keras_epi.LatencyTable`), for every
+      call with a MAC formula, in graph order.
 
   Returns:
-    The MAC count, an `int`.
+    The MAC count, an `int` (or the per-layer dict).
 
   Raises:
-    ValueError: if a counted layer has an unknown input or output shape.
+    ValueError: if a counted layer has an unknown shape (pass
+      `input_shape`), `input_shape` does not fit the model, or `keep` is not
+      a plan of the model's groups.
 
   Example:
   >>> keras_epi.count_macs(keras.applications.ResNet50(weights=None))
   3857973248
   """
-  analysis = graph.analyze(model, strict=False)
-  return sum(plan_lib.call_macs(call) for call in analysis.all_calls)
+  shapes = graph.check_input_shapes(model, input_shape)
+  analysis = graph.analyze(model, ignore, strict=keep is not None,
+                           input_shapes=shapes)
+  masks = plan_lib.ResolvedPlan(analysis, keep) if keep is not None else None
+  counted = {key: plan_lib.call_macs(call, masks and masks.masks(call))
+             for key, call in plan_lib.counted_calls(analysis)}
+  return counted if per_layer else sum(counted.values())
+
+
+def uniform_plan(model, fraction, *, scores=None, round_to=1, ignore=(),
+                 keep_stem=False, keep_residual=False):
+  """A plan that keeps the same fraction of every channel group.
+
+  Each group keeps ``fraction * size`` channels, rounded by the rule of
+  `select_channels` (the nearest multiple of `round_to`, at least
+  `round_to`, at most the group). Which channels: the highest-scored where
+  `scores` has the group, else the first ones.
+
+  Args:
+    model: The model.
+    fraction: Kept fraction of each group, in (0, 1].
+    scores: ``{group name: scores}`` (e.g. `keras_epi.magnitude_importance`),
+      or None.
+    round_to: Kept widths are multiples of this (>= 1).
+    ignore: As in `keras_epi.channel_groups`.
+    keep_stem: Leave the first group whole.
+    keep_residual: Leave the residual streams whole.
+
+  Returns:
+    ``{group name: sorted kept indices}`` for the groups that lose channels.
+
+  Example:
+  >>> keep = keras_epi.uniform_plan(model, 0.5, round_to=8)
+  >>> keras_epi.count_macs(model, keep) / keras_epi.count_macs(model)
+  """
+  validation.number("fraction", fraction, "(0, 1]")
+  validation.integer("round_to", round_to, 1)
+  analysis = graph.analyze(model, ignore)
+  cut = set(candidate_groups(analysis, keep_stem, keep_residual))
+  keep = {}
+  for g in analysis.groups:
+    kept = plan_lib.round_width(fraction * g.size, round_to, g.size)
+    if g.name not in cut or kept >= g.size:
+      continue
+    if scores is not None and g.name in scores:
+      order = np.argsort(-np.asarray(scores[g.name], np.float64),
+                         kind="stable")
+      keep[g.name] = np.sort(order[:kept])
+    else:
+      keep[g.name] = np.arange(kept)
+  return keep
 
 
 def select_channels(model, scores, ratio, *, budget="neurons", ignore=(),
@@ -184,8 +248,8 @@ def plan_channels(analysis, scores, ratio, *, budget="neurons",
       removed[name] += 1
     keep = {}
     for name, order in ranked.items():
-      kept = _round(sizes[name] - removed[name], round_to, sizes[name],
-                    min_channels)
+      kept = plan_lib.round_width(sizes[name] - removed[name], round_to,
+                                  sizes[name], min_channels)
       keep[name] = np.sort(order[:kept])
     return keep
 
@@ -400,8 +464,8 @@ def candidate_groups(analysis, keep_stem, keep_residual):
 def _smallest_plan(sizes, names, min_channels, round_to):
   """Every group of `names` at its floor: what removing every candidate of
   `plan_channels` gives (a latency depends on widths, not on which)."""
-  return {name: np.arange(_round(min(min_channels, sizes[name]), round_to,
-                                 sizes[name], min_channels))
+  return {name: np.arange(plan_lib.round_width(
+      min(min_channels, sizes[name]), round_to, sizes[name], min_channels))
           for name in names}
 
 
@@ -472,13 +536,6 @@ def check_arguments(ratio, budget, min_channels, round_to,
     raise ValueError(f"`round_to` must be an integer >= 1, received "
                      f"{round_to!r}.")
   _check_latency_table(budget, latency_table)
-
-
-def _round(kept, round_to, size, min_channels):
-  if round_to > 1:
-    kept = int(round(kept / round_to)) * round_to
-    kept = max(kept, round_to)
-  return int(np.clip(kept, min(min_channels, size), size))
 
 
 def planned_macs(analysis, keep):

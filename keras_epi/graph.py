@@ -114,13 +114,47 @@ def channel_groups(model, *, ignore=()):
   return analyze(model, ignore).groups
 
 
-def analyze(model, ignore=(), strict=True):
+def analyze(model, ignore=(), strict=True, input_shapes=None):
   """Runs the label propagation; returns an `Analysis` (internal).
 
   With ``strict=False`` layers keras_epi cannot prune through are kept
-  whole instead of raising (used by `count_macs`).
+  whole instead of raising (used by `count_macs`). `input_shapes` (per
+  model input, without the batch axis) replaces the model's own input
+  shapes, e.g. to fill in open spatial sizes (see `check_input_shapes`).
   """
-  return Analysis(model, ignore, strict)
+  return Analysis(model, ignore, strict, input_shapes)
+
+
+def check_input_shapes(model, input_shape, argument="input_shape"):
+  """`input_shape` as a list of per-example shapes, one per model input,
+  or None; a ValueError naming `argument` where it does not fit the model.
+
+  `input_shape` is one shape (a model with one input) or a list of them;
+  each must have the rank of its model input and agree with every size the
+  model fixes, and may not leave a size open that the model leaves open.
+  """
+  if input_shape is None:
+    return None
+  _check_model(model)
+  expected = [tuple(t.shape[1:]) for t in model.inputs]
+  shapes = input_shape
+  if len(expected) == 1 and isinstance(shapes, (tuple, list)) and all(
+      d is None or isinstance(d, (int, np.integer)) for d in shapes):
+    shapes = [shapes]
+  ok = isinstance(shapes, (list, tuple)) and len(shapes) == len(expected)
+  if ok:
+    shapes = [tuple(s) if isinstance(s, (list, tuple)) else s for s in shapes]
+    ok = all(isinstance(s, tuple) and len(s) == len(e) and all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and
+        d >= 1 and (m is None or m == d) for d, m in zip(s, e))
+             for s, e in zip(shapes, expected))
+  if not ok:
+    raise ValueError(
+        f"`{argument}` must give the per-example shape of every input of "
+        f"model '{model.name}' (without the batch axis, every size known "
+        f"and equal to the sizes the model fixes): the model's inputs are "
+        f"{expected}; received {argument}={input_shape!r}.")
+  return [tuple(int(d) for d in s) for s in shapes]
 
 
 def layer_at(model, path):
@@ -276,7 +310,7 @@ class Analysis:
       inside.
   """
 
-  def __init__(self, model, ignore, strict=True):
+  def __init__(self, model, ignore, strict=True, input_shapes=None):
     _check_model(model)
     if isinstance(ignore, str):
       raise ValueError(
@@ -297,7 +331,7 @@ class Analysis:
     self.unsupported = {}  # layer path -> reason
     self._seen_paths = set()
 
-    shapes = [tuple(t.shape[1:]) for t in model.inputs]
+    shapes = input_shapes or [tuple(t.shape[1:]) for t in model.inputs]
     inputs = [(self.fixed(layers_lib.width_of(s)), s) for s in shapes]
     outputs = self._walk(model, inputs, "")
     for labels, _ in outputs:

@@ -208,7 +208,7 @@ class LatencyTable:
     analysis = graph.analyze(model, ignore, strict=False)
     timer = _Timer(batch_size, bool(training), int(warmup), repeats)
     entries, measured = {}, {}
-    counted = _counted_calls(analysis)
+    counted = plan_lib.counted_calls(analysis)
     for key, call in counted:
       _check_known_shapes(call)
       spec = _Spec(analysis, call, widths, bool(training), round_to)
@@ -276,10 +276,10 @@ class LatencyTable:
   def predictor(self, analysis):
     """``f(keep) -> seconds`` for one `graph.Analysis` (for planners)."""
     items = []
-    for key, call in _counted_calls(analysis):
+    for key, call in plan_lib.counted_calls(analysis):
       entry = self.entries.get(key)
       if entry is None:
-        missing = [k for k, _ in _counted_calls(analysis)
+        missing = [k for k, _ in plan_lib.counted_calls(analysis)
                    if k not in self.entries]
         raise ValueError(
             f"The latency table has no entry for layer '{key}' "
@@ -459,18 +459,6 @@ def _bracket(grid, value):
 # -- what is timed ------------------------------------------------------------
 
 
-def _counted_calls(analysis):
-  """``[(key, call)]`` of the calls with a MAC formula, in graph order."""
-  seen, out = {}, []
-  for call in analysis.all_calls:
-    if call.rule.macs is None:
-      continue
-    k = seen.get(call.path, 0)
-    seen[call.path] = k + 1
-    out.append((call.path if k == 0 else f"{call.path}#{k}", call))
-  return out
-
-
 def _check_known_shapes(call):
   shapes = [*call.in_shapes[:1], *call.out_shapes[:1]]
   if any(d is None for s in shapes for d in s):
@@ -572,19 +560,10 @@ class _Spec:
 
 
 def _grid(full, minimum, widths, round_to=1):
-  values = {max(minimum, _rounded(f * full, round_to, full))
+  values = {max(minimum, plan_lib.round_width(f * full, round_to, full))
             for f in (0.0, *widths)}
   values.add(full)
   return sorted(values)
-
-
-def _rounded(width, round_to, full):
-  """`width` to the nearest multiple of `round_to`, within [1, full] (at
-  least `round_to` where the full width allows); the full width stays."""
-  if width >= full:
-    return full
-  value = int(round(width / round_to)) * round_to
-  return min(full, max(value, min(round_to, full), 1))
 
 
 def _followers(analysis, call):
@@ -768,9 +747,8 @@ def _calibration_points(model, analysis, fractions, ignore, timer, layers,
   then `model` cut to each uniform fraction of its groups' widths."""
   plans = [(1.0, {})]
   for f in sorted(fractions, reverse=True):
-    plans.append((f, {g.name: np.arange(_rounded(f * g.size, round_to,
-                                                 g.size))
-                      for g in analysis.groups}))
+    plans.append((f, {g.name: np.arange(plan_lib.round_width(
+        f * g.size, round_to, g.size)) for g in analysis.groups}))
   models = [timer.whole(model)]
   for f, keep in plans[1:]:
     try:

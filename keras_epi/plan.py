@@ -65,6 +65,17 @@ class ResolvedPlan:
                for call in self.analysis.all_calls)
 
 
+def round_width(width, round_to, size, min_channels=1):
+  """The one rounding rule of kept widths: `width` to the nearest multiple
+  of `round_to` (Python's `round`, halves to even), at least `round_to` and
+  `min_channels`, at most `size`; the full width is kept as it is (a group
+  that loses no channel is not rounded down)."""
+  if width >= size:
+    return int(size)
+  value = max(int(round(width / round_to)) * round_to, round_to)
+  return int(np.clip(value, min(min_channels, size), size))
+
+
 def cut(value, cuts):
   """Keeps the masked entries of `value` along each (axis, mask) cut."""
   value = np.asarray(value)
@@ -72,6 +83,19 @@ def cut(value, cuts):
     if value.ndim and value.shape[axis] == len(mask):
       value = np.compress(mask, value, axis=axis)
   return value
+
+
+def counted_calls(analysis):
+  """``[(key, call)]`` of the calls with a MAC formula, in graph order; the
+  key is the layer's path, ``"path#k"`` for its call ``k >= 1``."""
+  seen, out = {}, []
+  for call in analysis.all_calls:
+    if call.rule.macs is None:
+      continue
+    k = seen.get(call.path, 0)
+    seen[call.path] = k + 1
+    out.append((call.path if k == 0 else f"{call.path}#{k}", call))
+  return out
 
 
 def call_macs(call, masks=None):
@@ -89,8 +113,9 @@ def call_macs(call, masks=None):
     raise ValueError(
         f"count_macs: layer '{call.path}' ({type(call.op).__name__}) has an "
         f"unknown shape (input {tuple(call.in_shapes[0])}, output "
-        f"{tuple(call.out_shapes[0])}). Build the model with a fixed input "
-        "shape, e.g. keras.Input((224, 224, 3)).")
+        f"{tuple(call.out_shapes[0])}). Pass the input size to count at, "
+        "e.g. count_macs(model, input_shape=(224, 224, 3)), or build the "
+        "model on a fixed input shape.")
   if masks is not None and not channels_first:
     if masks["in"] is not None and in_shape:
       in_shape[-1] = int(masks["in"].sum())

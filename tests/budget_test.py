@@ -49,8 +49,44 @@ def test_resnet50_macs_match_the_known_figure():
 
 def test_unknown_spatial_size_is_a_clear_error():
   model = keras.Sequential([keras.Input((None, None, 3)), L.Conv2D(4, 3)])
-  with pytest.raises(ValueError, match="conv2d.*unknown shape.*keras.Input"):
+  with pytest.raises(ValueError, match="conv2d.*unknown shape.*input_shape="):
     keras_epi.count_macs(model)
+
+
+def test_open_input_shape_counted_at_the_given_size():
+  x = keras.Input((None, None, 3))
+  h = L.Conv2D(4, 3, name="a")(x)
+  y = L.Conv2D(2, 1, name="b")(L.MaxPooling2D(2)(h))
+  model = keras.Model(x, y)
+  # 10x10 -> a: 8x8 positions x 9 x 3 x 4; pooled 4x4 -> b: 16 x 4 x 2.
+  assert keras_epi.count_macs(model, input_shape=(10, 10, 3)) == (
+      64 * 9 * 3 * 4 + 16 * 4 * 2)
+  assert keras_epi.count_macs(model, input_shape=[(10, 10, 3)],
+                              per_layer=True) == {"a": 64 * 9 * 3 * 4,
+                                                  "b": 16 * 4 * 2}
+
+
+@pytest.mark.parametrize("shape", [(10, 10), (10, 10, 4), (0, 10, 3),
+                                   (None, 10, 3), "10x10", [(10, 10, 3)] * 2])
+def test_input_shape_that_does_not_fit_is_refused(shape):
+  model = keras.Sequential([keras.Input((None, None, 3)), L.Conv2D(4, 3)])
+  with pytest.raises(ValueError, match="`input_shape` must give.*received "
+                     "input_shape="):
+    keras_epi.count_macs(model, input_shape=shape)
+
+
+def test_macs_of_a_plan_without_building_it_and_per_layer():
+  model = _residual_model()
+  groups = keras_epi.channel_groups(model)
+  keep = {g.name: np.arange(g.size // 2) for g in groups[1:]}
+  per_layer = keras_epi.count_macs(model, keep, per_layer=True)
+  pruned = keras_epi.prune_model(model, keep)
+  assert sum(per_layer.values()) == keras_epi.count_macs(model, keep) == (
+      keras_epi.count_macs(pruned))
+  assert per_layer == keras_epi.count_macs(pruned, per_layer=True)
+  assert keras_epi.count_macs(model, {}) == keras_epi.count_macs(model)
+  with pytest.raises(ValueError, match="`keep` names group 'nope'"):
+    keras_epi.count_macs(model, {"nope": [0]})
 
 
 def _residual_model():
@@ -92,3 +128,22 @@ def test_keep_residual_with_nothing_else_to_prune_is_a_clear_error():
   with pytest.raises(ValueError, match="keep_residual=True"):
     keras_epi.select_channels(model, {"stem": np.arange(8.0)}, 0.5,
                               keep_stem=False, keep_residual=True)
+
+
+def test_uniform_plan_keeps_the_same_rounded_fraction_of_every_group():
+  model = _residual_model()
+  sizes = {g.name: g.size for g in keras_epi.channel_groups(model)}
+  keep = keras_epi.uniform_plan(model, 0.4, round_to=4)
+  # round(0.4 * 8 / 4) * 4 = 4 of 8; round(0.4 * 16 / 4) * 4 = 8 of 16.
+  assert {k: len(v) for k, v in keep.items()} == {
+      name: {8: 4, 16: 8}[size] for name, size in sizes.items()
+      if size in (8, 16)}
+  scores = {name: np.arange(size)[::-1] * 0 + np.arange(size)
+            for name, size in sizes.items()}
+  best = keras_epi.uniform_plan(model, 0.5, scores=scores)
+  for name, kept in best.items():
+    np.testing.assert_array_equal(kept, np.arange(sizes[name] // 2,
+                                                  sizes[name]))
+  assert keras_epi.uniform_plan(model, 1.0) == {}
+  with pytest.raises(ValueError, match="`fraction` must be a number in"):
+    keras_epi.uniform_plan(model, 0.0)
