@@ -12,8 +12,11 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
       $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; }; } ||
     echo "main_job: could not install dataset-fashion-mnist; using tfds" >&2
 fi
-python3 -m pip install -q -e ".[examples]"
-python3 examples/train.py --dataset=fashion_mnist --model=resnet20 \
+# The project's virtual environment (.venv; the system Python of Debian and
+# Ubuntu refuses pip installs, PEP 668).
+. tools/venv.sh
+"$PY" -m pip install -q -e ".[examples]"
+"$PY" examples/train.py --dataset=fashion_mnist --model=resnet20 \
   --max_train_examples=6000 --epochs=10 --prune_ratio=0.5 --epi_window=3 \
   --epi_prune_by=7 \
   --model_dir=runs/fmnist "$@"
