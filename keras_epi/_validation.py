@@ -2,6 +2,7 @@
 NumPy scalars included, with errors that name the argument."""
 
 import numbers
+import os
 
 import numpy as np
 
@@ -64,3 +65,13 @@ def names(name, value):
     raise ValueError(f"`{name}` must be a collection of layer names, "
                      f"received {value!r}.")
   return tuple(value)
+
+
+def path(name, value):
+  """`value` as a path string, or None; a ValueError naming it otherwise."""
+  if value is None:
+    return None
+  if not isinstance(value, (str, os.PathLike)):
+    raise ValueError(f"`{name}` must be None or a directory path (a "
+                     f"string), received {value!r}.")
+  return os.fspath(value)

@@ -8,28 +8,22 @@ One line added to `model.fit`::
 
 At the end of every epoch the callback ranks all prunable channels globally
 (`keras_epi.select_channels`), forms the dominant sub-network that pruning now
-would keep, and shows it to its trigger (`keras_epi.triggers`: the paper's
-EPI, Early-Bird, a fixed epoch, a deadline, gradual steps, or your own). When
-the trigger fires, it prunes: it builds `pruned_model` (physically smaller,
-weights copied) and, inside a plain `model.fit`, holds the removed channels
-of the training model at exactly zero for the rest of training (weights,
-their optimizer slots, BatchNormalization; `keras_epi.masking`), so the
-trained model and `pruned_model` compute the same function for any
-activation. `keras_epi.fit` instead continues training on `pruned_model`,
-where the training-cost saving comes from.
+would keep, computes its Early Pruning Indicator and shows both to its
+trigger (`keras_epi.triggers`). When the trigger fires, it prunes: it builds
+`pruned_model` (physically smaller, weights copied) and holds the removed
+channels of the training model at exactly zero for the rest of the fit
+(`keras_epi.pruning.MaskInPlace`), so the trained model and `pruned_model`
+compute the same function. `keras_epi.fit` hands the cut over instead and
+trains `pruned_model` on, which is where the training-cost saving comes from.
 
-The parts: `keras_epi.scoring` scores the channels, through a
-`keras_epi.tap.GradientTap` that sees the train step's gradients for Taylor
-scores without a second backward pass (and cannot outlive an exception or
-the callback); the trigger decides when; `keras_epi.pruning` decides which
-groups may be cut and what the scores remove under the budget, and makes the
-cut (`keras_epi.masking` holds the removed channels at zero);
-`keras_epi.state` keeps the run state, written atomically beside the
-checkpoint, for resuming after a kill. The callback wires them into `fit`.
+The parts it wires into `fit`: `keras_epi.scoring` (the channel scores, from
+the train step's own gradients), the trigger, `keras_epi.pruning` (what may
+be cut, the plans, the cut), `keras_epi.state` (the run state, written
+atomically beside the checkpoint for resuming after a kill) and
+`keras_epi.cost` (what the run's phases took).
 """
 
 import contextlib
-import os
 import weakref
 
 from absl import logging
@@ -38,110 +32,74 @@ import numpy as np
 
 from keras_epi import _validation as validation
 from keras_epi import budget as budget_lib
+from keras_epi import cost as cost_lib
 from keras_epi import graph
 from keras_epi import importance as importance_lib
 from keras_epi import indicators
-from keras_epi import masking
 from keras_epi import pruning as pruning_lib
 from keras_epi import scoring as scoring_lib
 from keras_epi import state as state_lib
-from keras_epi import tap as tap_lib
 from keras_epi import triggers as triggers_lib
 
 CRITERIA = ("taylor", "magnitude")
-POLICIES = triggers_lib.POLICIES
-GradientTap = tap_lib.GradientTap  # re-exported: it used to live here
-channel_masks = masking.channel_masks  # re-exported: it used to live here
+_NAN = float("nan")
+
+
+def _view(name, doc):
+  """A read-only property showing the run state's `name`."""
+  return property(lambda self: getattr(self.run_state, name), doc=doc)
 
 
 class EPICallback(keras.callbacks.Callback):
   """Early structural pruning during `model.fit`.
 
-  Per-epoch values published in `logs` (so History, CSVLogger, TensorBoard,
-  EarlyStopping and the progress bar see them): ``epi`` (0.0 until `window`
-  epochs exist), ``kept_fraction`` (kept / prunable channels of the dominant
-  sub-network) and ``macs_fraction`` (its MACs / dense MACs); with an
-  Early-Bird trigger also ``eb_distance``.
+  Logs per epoch ``epi`` (NaN before `window` earlier epochs and after the
+  prune), ``kept_fraction``, ``macs_fraction`` (of the dominant sub-network,
+  after the prune of the pruned model) and, with Early-Bird, ``eb_distance``.
 
   Args:
-    prune_ratio: Fraction of the budget removed, in (0, 1). With
-      ``budget="neurons"`` the paper's "pruned ratio": the fraction of
-      prunable channels removed.
-    budget: "neurons", "macs" or "latency" (the fraction of the latency
-      that `latency_table` predicts; see `keras_epi.select_channels`).
+    prune_ratio: Fraction of the budget removed, in (0, 1); with
+      ``budget="neurons"`` the paper's "pruned ratio" of channels.
+    budget: "neurons", "macs" or "latency" (`latency_table`'s prediction).
     criterion: "taylor" (first-order Taylor on BatchNormalization, from the
       train step's gradients) or "magnitude" (filter norm / sqrt(size)).
-    window: r, the number of previous epochs EPI compares with (>= 1). EPI
-      is computed and logged under every trigger.
-    threshold: tau; None takes the paper's value for the criterion (0.944
-      taylor, 0.983 magnitude). Tune it on your data and schedule.
-    trigger: A `keras_epi.triggers.Trigger` that decides when to prune;
-      None builds one from `policy` and its arguments below, which are then
-      shorthands: ``policy="epi"`` is `EPITrigger()`, ``"early_bird"``
-      `EarlyBirdTrigger(early_bird_distance, early_bird_penalty)`,
-      ``"fixed"`` `AtEpoch(prune_epoch)`; `prune_by` wraps it in a
-      `Deadline`, ``gradual_steps > 1`` in `Gradual`. Pass either `trigger`
-      or those arguments.
-    policy: "epi" (the paper), "early_bird" (You et al. 2020) or "fixed"
-      (prune after `prune_epoch` dense epochs; 0 prunes at initialisation).
-    prune_epoch: With ``policy="fixed"``: dense epochs before pruning.
-    prune_by: A deadline: prune after this many dense epochs if the trigger
-      has not fired (`prune_reason` is then "deadline").
+    window, threshold: EPI's r (>= 1) and tau (None: the paper's, 0.944
+      taylor and 0.983 magnitude; tune it to your schedule).
+    trigger: A `keras_epi.triggers.Trigger`, or None for the shorthands
+      `policy` ("epi": `EPITrigger`; "early_bird": `EarlyBirdTrigger(
+      early_bird_distance, early_bird_penalty)`; "fixed": `AtEpoch(
+      prune_epoch)`, 0 at initialisation after `init_steps` batches),
+      `prune_by` (`Deadline`) and `gradual_steps` (`Gradual`); not both.
+      An `EPITrigger`'s own `window` or `threshold` sets the callback's.
     ignore: Layer names whose channels stay (see `keras_epi.channel_groups`).
-    min_channels: Channels every group keeps at least.
-    round_to: Kept widths are rounded to multiples of this.
-    keep_stem: Leave the first conv's group whole (HALP does). The
-      classifier's outputs are never pruned.
-    keep_residual: Leave the residual streams whole (`ChannelGroup.residual`)
-      and meet the budget inside the blocks.
-    taylor_reduction: "square" (mean of s^2 per interval, Taylor_pruning) or
-      "abs" (mean |s|, HALP).
-    init_steps: Batches scored before pruning at initialisation.
-    early_bird_penalty: L1 coefficient on BN gamma for "early_bird".
-    early_bird_distance: Early-Bird's mask distance threshold.
-    backup_dir: Directory of the run state (`keras_epi.state`): saved every
-      epoch, so that a run killed at any point and restarted with
-      `keras.callbacks.BackupAndRestore` resumes it. Put the EPICallback
-      before BackupAndRestore in `callbacks` (`keras_epi.fit` does). A state
-      of another model, or one the restored checkpoint does not match, is
-      set aside with a warning. `keras_epi.fit` takes the directory from a
-      BackupAndRestore in its callbacks when None.
-    gradual_steps: k > 1 prunes gradually over the epoch after the trigger
-      (`keras_epi.triggers.Gradual`).
-    prune_frozen: False (default) keeps every group whole that a frozen
-      layer (``trainable=False``, with weights) produces or carries, as in
-      fine-tuning with a frozen backbone; they are listed in `frozen_groups`
-      and logged. True prunes them like the others.
+    min_channels, round_to: Kept widths: at least, and multiples of.
+    keep_stem, keep_residual: Leave the first group, or the residual
+      streams, whole (the classifier's outputs are never pruned).
+    taylor_reduction: "square" (mean s^2, Taylor_pruning) or "abs" (HALP).
+    backup_dir: Where the run state (`keras_epi.state`) is saved every
+      epoch, so that a killed run restarted with BackupAndRestore (after
+      this callback) resumes; None: `keras_epi.fit` takes BackupAndRestore's.
+    prune_frozen: Prune groups of frozen layers too (else `frozen_groups`).
     verbose: 1 logs the prune event.
-    latency_table: A `keras_epi.LatencyTable` measured on the model
-      (``training=True`` for the cost of the training steps after the
-      prune; measured with the same `round_to`); required with
-      ``budget="latency"`` and only then.
+    latency_table: The `keras_epi.LatencyTable` of ``budget="latency"``.
+    input_shape: Per-example input shape(s) MACs are counted at, for a
+      model on open sizes; `keras_epi.fit` takes it from the data.
 
   Attributes:
-    prune_epoch: Dense epochs trained before pruning (so the first pruned
-      epoch's index), or None.
-    prune_reason: The trigger's name ("epi", "early_bird", "fixed", ...) or
-      "deadline"; None before.
-    pruned_model: The physically smaller `keras.Model`, or None.
-    keep: The pruning plan {group name: kept indices}, or None.
+    prune_epoch, prune_reason: Dense epochs before the prune, and the
+      trigger's name or "deadline" (None before).
+    pruned_model, surgeon, keep: The physically smaller `keras.Model`, the
+      `keras_epi.surgeon.Surgeon` that cut it, the plan {group: kept}.
     importance: Latest scores {group name: np.ndarray of group.size}.
-    epi_history: EPI per scored epoch (None where undefined).
-    width_history: Per scored epoch, {group name: kept width} of the
-      dominant sub-network.
-    early_bird_history: Early-Bird's largest mask distance per epoch.
-    skipped_batches: Train steps whose Taylor scores were not finite
-      (including the steps a loss-scale optimizer skipped).
-    frozen_groups: Names of the groups kept whole because a member layer is
-      frozen (empty with ``prune_frozen=True``).
-    surgeon: The `keras_epi.surgeon.Surgeon` that made `pruned_model` (its
-      `weight_pairs` map each old weight to its cut copy).
+    epi_history, width_history, early_bird_history: Per scored epoch.
+    skipped_batches: Train steps without finite Taylor scores.
+    run_state: The `keras_epi.state.RunState`, everything decided; set a
+      saved one of this model to take it over (as `keras_epi.fit` does).
+    training_cost: The run's measured time by phase (`keras_epi.cost`).
 
   Raises:
-    ValueError: for an argument out of its range or of the wrong type (the
-      message names it); at `on_train_begin`, for a model without prunable
-      groups, a second EPICallback in the same fit, or ``prune_epoch=0``
-      with `init_steps` longer than an epoch.
+    ValueError: for a bad argument (naming it); at `on_train_begin`, where
+      the fit cannot prune (the message says why and what to pass).
   """
 
   def __init__(self, prune_ratio=0.3, budget="neurons", criterion="taylor",
@@ -151,7 +109,7 @@ class EPICallback(keras.callbacks.Callback):
                init_steps=20, early_bird_penalty=1e-4,
                early_bird_distance=0.1, backup_dir=None, gradual_steps=1,
                prune_frozen=False, verbose=1, latency_table=None,
-               trigger=None):
+               trigger=None, input_shape=None):
     super().__init__()
     self.prune_ratio = validation.number("prune_ratio", prune_ratio, "(0, 1)")
     self.criterion = validation.choice("criterion", criterion, CRITERIA)
@@ -160,425 +118,256 @@ class EPICallback(keras.callbacks.Callback):
     self.trigger = triggers_lib.from_arguments(
         trigger, policy, prune_epoch, prune_by, gradual_steps,
         early_bird_penalty, early_bird_distance)
-    self.window = validation.integer("window", window, 1)
-    self.threshold = validation.number(
-        "threshold", indicators.PAPER_THRESHOLDS[criterion]
-        if threshold is None else threshold, "(0, 1]")
+    (self.window, self.threshold, self.gradual_steps, self._batchnorm,
+     self._gamma_penalty) = triggers_lib.settings(self.trigger, window,
+                                                  threshold, criterion)
     budget_lib.check_arguments(self.prune_ratio, budget, min_channels,
                                round_to, latency_table)
     self.budget, self.latency_table = budget, latency_table
-    self.ignore = validation.names("ignore", ignore)
-    if backup_dir is not None and not isinstance(backup_dir,
-                                                 (str, os.PathLike)):
-      raise ValueError(f"`backup_dir` must be None or a directory path (a "
-                       f"string), received {backup_dir!r}.")
     self.min_channels, self.round_to = int(min_channels), int(round_to)
+    self.ignore = validation.names("ignore", ignore)
     self.keep_stem = validation.boolean("keep_stem", keep_stem)
     self.keep_residual = validation.boolean("keep_residual", keep_residual)
     self.prune_frozen = validation.boolean("prune_frozen", prune_frozen)
     self.init_steps = validation.integer("init_steps", init_steps, 1)
-    self.backup_dir = None if backup_dir is None else os.fspath(backup_dir)
-    self.verbose = verbose
-    self._handoff = None  # set by `stop_at_prune` / `continue_on`
+    self.backup_dir = validation.path("backup_dir", backup_dir)
+    self.input_shape, self.verbose = input_shape, verbose
+    self._handler = pruning_lib.MaskInPlace()
     self._scoring = None
     self._reset()
 
   def _reset(self):
-    self.prune_epoch = self.prune_reason = self.pruned_model = None
-    self.keep = self.surgeon = None
-    self.importance = {}
-    self.skipped_batches = 0
-    self.frozen_groups = ()
-    self._state = None  # state_lib.RunState of this run
+    self.pruned_model = self.surgeon = None
+    self.importance, self.skipped_batches, self.frozen_groups = {}, 0, ()
+    self.run_state = state_lib.RunState({})
     self._saved = None  # the state found in backup_dir, until reconciled
-    self._pruning = None  # pruning_lib.Pruning of this fit
-    self._gradual_epoch = None
-    self._gradual_step = 0
-    self._epoch = 0
-    self._first_epoch = True
-    self._fire_reason = None
+    self._pruning = self._gradual = None  # this fit's; a gradual prune's
+    self._epoch, self._first_epoch = 0, True
+    self.cost = cost_lib.TrainingCost()
+
+  prune_epoch = _view("prune_epoch", "Dense epochs before the prune.")
+  prune_reason = _view("prune_reason", "What fired, or None.")
+  width_history = _view("widths", "Kept widths per scored epoch.")
+  epi_history = _view("epi", "EPI per scored epoch.")
+  pruned = property(lambda self: self.run_state.prune is not None)
+  policy = property(lambda self: self.trigger.name, doc="The trigger's name.")
+  training_cost = property(lambda self: self.cost.as_dict())
+
+  @property
+  def keep(self):
+    if self.run_state.prune is None and self._gradual is not None:
+      return self._gradual.keep  # the steps of a gradual prune so far
+    return self.run_state.keep
+
+  early_bird_history = property(lambda self: getattr(triggers_lib.find(
+      self.trigger, triggers_lib.EarlyBirdTrigger), "history", []))
+  state_file = property(
+      lambda self: self.backup_dir and state_lib.StateFile(self.backup_dir),
+      doc="The `keras_epi.state.StateFile` in `backup_dir`, or None.")
+
+  @property
+  def run_state(self):
+    return self._state
+
+  @run_state.setter
+  def run_state(self, state):
+    self._state = state
+    if str(state.epochs_done) in state.trigger:
+      self.trigger.set_state(state.trigger[str(state.epochs_done)])
     self._epi = indicators.EarlyPruningIndicator(self.window, self.threshold)
-    self._last_logs = {}
-
-  # -- what it has decided ----------------------------------------------------
-
-  @property
-  def pruned(self):
-    return self.prune_epoch is not None
+    for widths in state.widths:
+      self._epi.update(list(widths.values()))
+    self._logs = dict(state.history[-1]["logs"]) if state.history else {}
+    self._logs.update(state.prune["logs"] if state.prune else {})
 
   @property
-  def policy(self):
-    """The trigger's name ("epi", "early_bird", "fixed" or your own)."""
-    return self.trigger.name
+  def pruned_model(self):
+    """The physically smaller `keras.Model`, or None."""
+    if getattr(self._handler, "recut_pending", False):  # trained on, masked
+      self._pruned_model, self.surgeon = self._handler.recut(
+          self._pruning, self.model, self.keep)
+    return self._pruned_model
 
-  @property
-  def width_history(self):
-    return [h["widths"] for h in self._state.history] if self._state else []
-
-  @property
-  def epi_history(self):
-    return [h["epi"] for h in self._state.history] if self._state else []
-
-  @property
-  def early_bird_history(self):
-    early_bird = triggers_lib.find(self.trigger,
-                                   triggers_lib.EarlyBirdTrigger)
-    return early_bird.history if early_bird else []
-
-  @property
-  def state_file(self):
-    """The `keras_epi.state.StateFile` in `backup_dir`, or None."""
-    return state_lib.StateFile(self.backup_dir) if self.backup_dir else None
-
-  # -- the protocol of keras_epi.fit (and of loops like it) --------------------
-
-  @contextlib.contextmanager
-  def stop_at_prune(self, prepare):
-    """Within the `with`, a fit ends at the trigger instead of masking. At
-    the end of that fit (after every callback has seen the last epoch's end,
-    so a learning rate ReduceLROnPlateau set then is carried),
-    `prepare(pruned_model, surgeon)` compiles the pruned model and carries
-    the optimizer state over; then the pruned weights and optimizer
-    variables, and the state that names them, are written to `backup_dir`
-    (when set). On exit the callback's gradient tap is removed, whatever
-    ended the `with`."""
-    self._handoff = {"prepare": prepare, "continuing": False}
-    try:
-      yield self
-    finally:
-      self._handoff = None
-      self.close()
-
-  def continue_on(self, pruned_model):
-    """The next fit (inside `stop_at_prune`) trains `pruned_model`: the
-    callback logs its values and saves its state, and scores nothing."""
-    self.pruned_model = pruned_model
-    self._handoff["continuing"] = True
-
-  def resume_pruned(self, model, checkpoint=None):
-    """Inside `stop_at_prune`: the pruned model of an interrupted run, from
-    the state in `backup_dir`: rebuilt from `model` with the saved plan,
-    given to `stop_at_prune`'s `prepare`, and
-    given the trained weights and optimizer state saved at the cut. If the
-    run was killed after the trigger but before those were written, they
-    are made again from `checkpoint` (``(weights file, epochs done)`` of
-    the dense model's BackupAndRestore checkpoint) when it is of the prune
-    epoch. None if the run was not pruned (or there is no state, or the
-    prune must be made again by the dense fit)."""
-    self._reset()
-    self.trigger.start(self.criterion, window=self.window,
-                       threshold=self.threshold)
-    analysis = saved = None
-    if self.state_file and self.state_file.exists():
-      analysis = graph.analyze(model, self.ignore)
-      saved = self.state_file.load_for(model, analysis)
-    if saved is None or saved.prune is None:
-      return None
-    pending = saved.prune.get("weights") is None
-    if pending and saved.prune.get("handoff"):
-      if checkpoint is None or checkpoint[1] != saved.prune["epoch"]:
-        return None  # the dense fit goes back to the checkpoint's epoch
-      if model.optimizer is not None and not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
-      model.load_weights(checkpoint[0])
-    elif pending:
-      raise ValueError(
-          f"The run state in {self.backup_dir} is of a plain model.fit with "
-          "EPICallback (the pruned channels are masked in the dense model's "
-          "checkpoint); keras_epi.fit cannot continue it. Continue it with "
-          "model.fit, or delete the directory to start afresh.")
-    self._adopt(saved)
-    self.pruned_model, self.surgeon = pruning_lib.cut(model, self.keep,
-                                                      self.ignore, analysis)
-    self._finish_cut(save=pending)
-    if not pending:
-      self.state_file.load_weights(self.pruned_model)
-    return self.pruned_model
+  @pruned_model.setter
+  def pruned_model(self, model):
+    self._pruned_model = model
 
   def close(self):
-    """Ends this callback's part in a fit that did not reach
-    `on_train_end` (an exception): removes the gradient tap."""
+    """Removes the gradient tap of a fit that ended with an exception."""
     if self._scoring is not None:
       self._scoring.stop()
       self.skipped_batches = self._scoring.skipped
       self._scoring = None
     _release(self)
 
+  @contextlib.contextmanager
+  def handing_over(self, handler):
+    """Within the `with`, the cut goes to `handler` (the protocol of
+    `keras_epi.pruning.MaskInPlace`) instead of masking the training model,
+    as `keras_epi.fit` does to train the cut model on. On exit masking is
+    the default again and the tap is removed, however the `with` ended."""
+    previous, self._handler = self._handler, handler
+    try:
+      yield self
+    finally:
+      self._handler = previous
+      self.close()
+
   # -- Keras lifecycle ----------------------------------------------------------
 
   def on_train_begin(self, logs=None):
-    if not (self._handoff and self._handoff["continuing"]):
-      self.close()  # a tap left by a fit that ended with an exception
-    self._claim_model()
-    if self._handoff and self._handoff["continuing"]:
-      return
+    self.close()  # a tap left by a fit that ended with an exception
+    _claim(self)
     self._reset()
+    self.cost.start()
     model = self.model
-    analysis = graph.analyze(model, self.ignore)
-    self.frozen_groups, groups = pruning_lib.prunable_groups(
-        model, analysis, keep_stem=self.keep_stem,
-        keep_residual=self.keep_residual, prune_frozen=self.prune_frozen,
-        min_channels=self.min_channels)
-    self._check_init_steps()
-    self._pruning = pruning_lib.Pruning(
-        analysis, groups, budget=self.budget,
-        latency_table=self.latency_table, min_channels=self.min_channels,
-        round_to=self.round_to, ignore=self.ignore)
-    self._saved = (self.state_file.load_for(model, analysis)
-                   if self.state_file else None)
-    self._state = state_lib.RunState(state_lib.fingerprint(model, analysis))
+    self.frozen_groups, self._pruning = pruning_lib.for_fit(
+        model, self.params, ignore=self.ignore, input_shape=self.input_shape,
+        keep_stem=self.keep_stem, keep_residual=self.keep_residual,
+        prune_frozen=self.prune_frozen, budget=self.budget,
+        latency_table=self.latency_table, ratio=self.prune_ratio,
+        min_channels=self.min_channels, round_to=self.round_to,
+        init_steps=self.init_steps, at_start=self.trigger.due(-1),
+        criterion=self.criterion, gradual_steps=self.gradual_steps)
+    analysis = self._pruning.analysis
+    self._saved = self.state_file and self.state_file.load_for(model,
+                                                               analysis)
+    self.run_state = state_lib.RunState(state_lib.fingerprint(model,
+                                                              analysis))
     self.trigger.start(self.criterion, window=self.window,
                        threshold=self.threshold)
-    if self.budget == "latency":
-      self._pruning.check_latency_target(self.prune_ratio)
     self._scoring = scoring_lib.Scoring(
-        model, groups, self.criterion, self.trigger.ranks_batchnorm,
-        self.trigger.gamma_penalty, self.taylor_reduction)
+        model, self._pruning.groups, self.criterion, self._batchnorm,
+        self._gamma_penalty, self.taylor_reduction)
 
   def on_epoch_begin(self, epoch, logs=None):
     self._epoch = epoch
-    if self._first_epoch and not (self._handoff and
-                                  self._handoff["continuing"]):
+    if self._first_epoch:
       self._first_epoch = False
       self._resume(epoch)
-      if not self.pruned and epoch == 0 and self.trigger.at_start:
-        if self.trigger.gradual_steps > 1:
-          self._start_gradual(0)
+      if not self.pruned and epoch == 0 and self.trigger.due(-1):
+        if self.gradual_steps > 1:
+          self._gradual = pruning_lib.GradualPrune(
+              0, self.gradual_steps, self.params, self.trigger.name)
         elif not self._scoring.needs_steps:
-          self._prune(self._scoring.scores_for_pruning(epoch), 0)
+          self._prune(self._scoring.scores_for_pruning(0), 0)
+    self.cost.epoch_begin(self.pruned)
 
   def on_train_batch_begin(self, batch, logs=None):
     if self._scoring is not None:
       self._scoring.step()
 
   def on_train_batch_end(self, batch, logs=None):
-    if self._gradual_epoch is not None and not self.pruned:
-      self._gradual_batch_end(batch)
-    elif (self.trigger.at_start and self.trigger.gradual_steps == 1 and
-          not self.pruned and self._epoch == 0 and
+    if self._pruning is None:
+      return
+    if self.pruned:
+      pass
+    elif self._gradual is not None:
+      scores = self._gradual.step(self._epoch, batch, self._scoring,
+                                  self._pruning, self.model, self.prune_ratio)
+      self.importance = self.importance if scores is None else scores
+    elif (self._epoch == 0 and self.trigger.due(-1) and
           batch + 1 >= self.init_steps):
       self._prune(self._scoring.scores_for_pruning(0), 0)
-    if self._pruning is not None:
-      self._pruning.apply_masks()
+    self._pruning.apply_masks()
 
   def on_epoch_end(self, epoch, logs=None):
-    logs = logs if logs is not None else {}
-    if self._handoff and self._handoff["continuing"]:
-      logs.update(self._last_logs)
-      return
-    if self._gradual_epoch == epoch and not self.pruned:  # last step: cut
+    if self._gradual is not None and self._gradual.epoch == epoch and \
+        not self.pruned:  # the last step: the cut
       self._prune(self._scoring.scores_for_pruning(epoch), epoch + 1)
-    if self.pruned:
-      logs.update(self._last_logs)
-      self._state.record_epoch(epoch, None, self.trigger.get_state())
-      self._save_state()
-      return
-    record, keep, fired = self._score_epoch(epoch)
-    self._state.record_epoch(epoch, record, self.trigger.get_state())
-    logs.update(self._last_logs)
-    if fired and self.trigger.gradual_steps > 1:
-      self._start_gradual(epoch + 1)
+    record = keep = fired = None
+    if not self.pruned:
+      with self.cost.timed("scoring"):
+        record, keep, fired = self._score_epoch(epoch)
+    self.run_state.record_epoch(epoch, record, self.trigger.get_state())
+    if logs is not None:
+      logs.update(self._logs)
+    reason = fired if isinstance(fired, str) else self.trigger.name
+    if fired and self.gradual_steps > 1:
+      self._gradual = pruning_lib.GradualPrune(epoch + 1, self.gradual_steps,
+                                               self.params, reason)
     elif fired:
-      self._prune(self.importance, epoch + 1, keep)
-    self._save_state()
+      self._prune(self.importance, epoch + 1, keep, reason)
+    if self.state_file:
+      self.state_file.save(self.run_state)
 
   def on_train_end(self, logs=None):
-    continuing = self._handoff and self._handoff["continuing"]
-    if self._first_epoch and self._saved is not None and not continuing:
+    if self._first_epoch and self._saved is not None:
       self._resume(self._saved.epochs_done)  # the checkpoint was the end
     self.close()
-    if self._handoff and not continuing and self.pruned:
-      self._finish_cut()
-    # The masked model trained on after the trigger: `pruned_model` is cut
-    # again when first read, after every callback's `on_train_end` (an
-    # EarlyStopping may restore other weights).
-    self._recut = self.pruned and self._handoff is None
+    self.cost.stop()
+    self._handler.on_train_end(self.pruned)
 
-  @property
-  def pruned_model(self):
-    """The physically smaller `keras.Model`, or None."""
-    if getattr(self, "_recut", False):
-      self._recut = False
-      self._pruned_model, self.surgeon = self._pruning.cut_after_fit(
-          self.model, self.keep)
-    return self._pruned_model
-
-  @pruned_model.setter
-  def pruned_model(self, model):
-    self._pruned_model = model
-    self._recut = False
-
-  # -- setup ------------------------------------------------------------------
-
-  def _claim_model(self):
-    """Refuses a second EPICallback in the same fit of the same model."""
-    other = _RUNNING.get(self.model)
-    other = other() if other is not None else None
-    if (other is not None and other is not self and
-        self.params is not None and other.params is self.params):
-      raise ValueError(
-          "Two EPICallbacks in one fit of the same model: each would score, "
-          "mask and prune it on its own. Pass exactly one EPICallback (to "
-          "compare settings, run one fit per callback on copies of the "
-          "model).")
-    _RUNNING[self.model] = weakref.ref(self)
-
-  def _check_init_steps(self):
-    steps = (self.params or {}).get("steps")
-    if (self.trigger.at_start and self.criterion == "taylor" and
-        self.trigger.gradual_steps == 1 and steps is not None and
-        self.init_steps > steps):
-      raise ValueError(
-          f"`init_steps`={self.init_steps} is longer than an epoch ({steps} "
-          "steps): with policy='fixed' and prune_epoch=0 the model is pruned "
-          "after `init_steps` batches of the first epoch. Pass init_steps <= "
-          f"{steps}, or prune_epoch=1 to prune after the first epoch.")
-
-  # -- scoring ----------------------------------------------------------------
+  # -- scoring and pruning ----------------------------------------------------
 
   def _score_epoch(self, epoch):
     """Scores the epoch, shows its dominant sub-network to the trigger;
-    returns (the epoch's record or None, its plan, whether to prune)."""
+    returns (the epoch's record or None, its plan, what fired)."""
     scores = self._scoring.scores(epoch)
     if scores is None:  # nothing (finite) scored this epoch
       if not self.trigger.due(epoch):
         return None, None, False
       scores = self._scoring.scores_for_pruning(epoch)  # still fires
     self.importance = scores
-    keep = self._pruning.plan(scores, self.prune_ratio, self.keep)
-    groups = self._pruning.groups
-    widths = {g.name: len(keep[g.name]) for g in groups}
-    self._epi.update(list(widths.values()))
-    sub = triggers_lib.SubNetwork(
-        epoch, {g.name: keep[g.name] for g in groups},
-        {g.name: g.size for g in groups}, self._epi.latest)
+    sub, keep, logs = self._pruning.subnetwork(epoch, scores,
+                                               self.prune_ratio, self._epi)
     fired = self.trigger.update(epoch, sub)
-    if fired:
-      self._fire_reason = fired if isinstance(fired, str) else \
-          self.trigger.name
-    self._last_logs = {
-        "epi": float(self._epi.latest or 0.0),
-        "kept_fraction": float(sub.kept_fraction),
-        "macs_fraction": self._pruning.macs_fraction(keep),
-        **self.trigger.logs()}
-    return {"widths": widths, "epi": self._epi.latest,
-            "logs": self._last_logs}, keep, bool(fired)
+    self._logs = {**logs, **self.trigger.logs()}
+    return {"widths": sub.widths, "epi": sub.epi,
+            "logs": dict(self._logs)}, keep, fired
 
-  # -- pruning ----------------------------------------------------------------
-
-  def _start_gradual(self, epoch):
-    if not self.params or self.params.get("steps") is None:
-      raise ValueError(
-          "EPICallback(gradual_steps>1) needs the number of steps per epoch: "
-          "pass `steps_per_epoch` to fit, or data of known length.")
-    self._gradual_epoch, self._gradual_step = epoch, 0
-
-  def _gradual_batch_end(self, batch):
-    steps = self.trigger.gradual_steps
-    if self._epoch != self._gradual_epoch:
-      return
-    step = self._gradual_step + 1
-    if step >= steps or batch + 1 < round(self.params["steps"] * step /
-                                          steps):
-      return
-    self._gradual_step = step
-    scores = self._scoring.scores(self._epoch)
-    if scores is not None:
+  def _prune(self, scores, prune_epoch, keep=None, reason=None):
+    with self.cost.timed("prune"):
       self.importance = scores
-      self.keep = self._pruning.plan(scores, self.prune_ratio * step / steps,
-                                     self.keep)
-      self._pruning.start_masking(self.model, self.keep)
-
-  def _prune(self, scores, prune_epoch, keep=None):
-    model = self.model
-    self.importance = scores
-    self.keep = keep if keep is not None else self._pruning.plan(
-        scores, self.prune_ratio, self.keep)
-    self.prune_epoch = prune_epoch
-    self.prune_reason = self._fire_reason or self.trigger.name
-    self._state.prune = {
-        "epoch": prune_epoch, "reason": self.prune_reason,
-        "keep": {k: np.asarray(v).tolist() for k, v in self.keep.items()},
-        "weights": None, "handoff": self._handoff is not None,
-        "dense_checkpoint_removed": False}
-    if self._handoff is None:  # keras_epi.fit trains the cut model instead
-      self._pruning.start_masking(model, self.keep)
-    self.pruned_model, self.surgeon = self._pruning.cut(model, self.keep)
-    latest = self._epi.latest
-    when = (f"after {prune_epoch} dense epoch(s) (trigger "
-            f"{self.trigger.describe()}, EPI="
-            f"{'n/a' if latest is None else f'{latest:.4f}'})")
-    self._last_logs.update(self._pruning.prune_logs(
-        model, self.pruned_model, self.keep,
-        when=when if self.verbose else None))
-    self._last_logs.setdefault("epi", float(latest or 0.0))
-    self._scoring.stop()  # scoring is over: plain train steps
-    self.skipped_batches = self._scoring.skipped
-    if self._handoff is not None:
-      model.stop_training = True  # `on_train_end` finishes the cut
-
-  def _finish_cut(self, save=True):
-    """`stop_at_prune`'s end of the dense fit: the pruned model prepared,
-    then (with `save`) its weights and optimizer state saved, and the state
-    naming them."""
-    with self.pruned_model.distribute_strategy.scope():
-      self._handoff["prepare"](self.pruned_model, self.surgeon)
-    if save and self.state_file:
-      self._state.prune["weights"] = self.state_file.save_weights(
-          self.pruned_model)
-      self._save_state()
-
-  # -- the run state ------------------------------------------------------------
+      if keep is None:
+        keep = self._pruning.plan(scores, self.prune_ratio, self.keep)
+      if reason is None:
+        reason = self._gradual.reason if self._gradual else self.trigger.name
+      self.run_state.record_prune(prune_epoch, reason, keep,
+                                  self._handler.hands_over)
+      self.pruned_model, self.surgeon = self._pruning.cut(self.model,
+                                                          self.keep)
+      self._handler.on_cut(self._pruning, self.model, self.keep)
+      self._logs = self.run_state.prune["logs"] = {
+          **{k: _NAN for k in self._logs},
+          **self._pruning.prune_logs(
+              self.model, self.pruned_model, self.keep,
+              (prune_epoch, self.trigger, self._epi.latest)
+              if self.verbose else None)}
+      self._scoring.stop()  # scoring is over: plain train steps
+      self.skipped_batches = self._scoring.skipped
 
   def _resume(self, epochs_done):
     """Takes over the saved state as it was after `epochs_done` epochs (the
     epoch training restarts at, from the restored checkpoint)."""
     saved, self._saved = self._saved, None
-    if saved is None:
-      return
-    state = state_lib.resume_at(saved, epochs_done, self.backup_dir)
-    if state is None:
-      return
-    self._adopt(state)
-    if self.pruned:
+    state = saved and state_lib.resume_at(saved, epochs_done,
+                                          self.backup_dir)
+    if state is not None:
+      self.run_state = state
+    if state is not None and self.pruned:
       self._scoring.stop()
-      if self._handoff is None:
-        self._pruning.start_masking(self.model, self.keep)
+      self._handler.on_resume(self._pruning, self.model, self.keep)
       logging.info("EPICallback: resumed a run pruned after %d epochs.",
                    self.prune_epoch)
-
-  def _adopt(self, state):
-    self._state = state
-    if str(state.epochs_done) in state.trigger:
-      self.trigger.set_state(state.trigger[str(state.epochs_done)])
-    self._epi.reset()
-    for h in state.history:
-      self._epi.update(list(h["widths"].values()))
-    self._last_logs = dict(state.history[-1]["logs"]) if state.history \
-        else {}
-    if state.prune is not None:
-      self.prune_epoch = state.prune["epoch"]
-      self.prune_reason = state.prune["reason"]
-      self.keep = state.keep
-
-  def _save_state(self):
-    if self.state_file:
-      self.state_file.save(self._state)
-
-  def mark_dense_checkpoint_removed(self):
-    """Records that the dense model's checkpoint is gone, so that a
-    checkpoint in `backup_dir` is from now on the pruned model's."""
-    self._state.prune["dense_checkpoint_removed"] = True
-    self._save_state()
-
-  @property
-  def dense_checkpoint_removed(self):
-    return bool(self._state and self._state.prune and
-                self._state.prune["dense_checkpoint_removed"])
 
 
 # The EPICallback in a fit of each model, to refuse a second one.
 _RUNNING = weakref.WeakKeyDictionary()
+
+
+def _claim(callback):
+  """Refuses a second EPICallback in the same fit of the same model."""
+  other = _RUNNING.get(callback.model)
+  other = other() if other is not None else None
+  if (other is not None and other is not callback and
+      callback.params is not None and other.params is callback.params):
+    raise ValueError(
+        "Two EPICallbacks in one fit of the same model: each would score, "
+        "mask and prune it on its own. Pass exactly one EPICallback (to "
+        "compare settings, run one fit per callback on copies of the "
+        "model).")
+  _RUNNING[callback.model] = weakref.ref(callback)
 
 
 def _release(callback):

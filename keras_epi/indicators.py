@@ -47,6 +47,18 @@ def similarity(a, b):
   return 1.0 - float(d.mean()) if d.size else 1.0
 
 
+def epi_fires(values, window, threshold):
+  """Whether the latest of `values` (EPI per epoch, None where undefined)
+  fires: it is defined, at least `threshold`, and at least each of the
+  `window` values before it that are defined (the indicator still rises).
+  """
+  if not values or values[-1] is None or values[-1] < threshold:
+    return False
+  latest = values[-1]
+  earlier = [v for v in list(values)[-window - 1:-1] if v is not None]
+  return all(latest >= e for e in earlier)
+
+
 class EarlyPruningIndicator:
   """EPI over a sequence of architecture vectors.
 
@@ -61,14 +73,8 @@ class EarlyPruningIndicator:
   """
 
   def __init__(self, window=5, threshold=PAPER_THRESHOLDS["taylor"]):
-    if not validation.is_integer(window) or window < 1:
-      raise ValueError(f"`window` must be an integer >= 1, received "
-                       f"{window!r}.")
-    if not validation.is_number(threshold) or not 0.0 < threshold <= 1.0:
-      raise ValueError(f"`threshold` must be in (0, 1], received "
-                       f"{threshold!r}.")
-    self.window = int(window)
-    self.threshold = float(threshold)
+    self.window = validation.integer("window", window, 1)
+    self.threshold = validation.number("threshold", threshold, "(0, 1]")
     self.reset()
 
   def reset(self):
@@ -91,13 +97,8 @@ class EarlyPruningIndicator:
                           for j in range(1, self.window + 1)]))
 
   def fires_at(self, t):
-    value = self.values[t]
-    if value is None or value < self.threshold:
-      return False
-    # Earlier values that are not defined yet (t - j < window) are skipped.
-    earlier = [self.values[t - j] for j in range(1, self.window + 1)
-               if t - j >= 0 and self.values[t - j] is not None]
-    return all(value >= e for e in earlier)
+    """`epi_fires` at epoch t (earlier values not defined are skipped)."""
+    return epi_fires(self.values[:t + 1], self.window, self.threshold)
 
   @property
   def latest(self):
@@ -121,14 +122,9 @@ class EarlyBirdIndicator:
   """
 
   def __init__(self, window=5, max_distance=0.1):
-    if not validation.is_integer(window) or window < 2:
-      raise ValueError(f"`window` must be an integer >= 2, received "
-                       f"{window!r}.")
-    if not validation.is_number(max_distance) or not 0.0 < max_distance <= 1.0:
-      raise ValueError(f"`max_distance` must be in (0, 1], received "
-                       f"{max_distance!r}.")
-    self.window = int(window)
-    self.max_distance = float(max_distance)
+    self.window = validation.integer("window", window, 2)
+    self.max_distance = validation.number("max_distance", max_distance,
+                                          "(0, 1]")
     self.reset()
 
   def reset(self):

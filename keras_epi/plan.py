@@ -98,6 +98,14 @@ def counted_calls(analysis):
   return out
 
 
+def open_calls(analysis):
+  """The calls with a MAC formula whose input or output size is open
+  (None): their MACs are unknown."""
+  return [call for _, call in counted_calls(analysis)
+          if any(d is None for s in (*call.in_shapes[:1], *call.out_shapes[:1])
+                 for d in s)]
+
+
 def call_macs(call, masks=None):
   """MACs of one call for one example; `masks` gives the pruned widths."""
   rule = call.rule

@@ -4,10 +4,15 @@
 groups may be cut (`prunable_groups`: not the stem, the residual streams or
 frozen layers where the callback says so), which channels a set of scores
 removes under the budget (`Pruning.plan`; the steps of a gradual prune only
-add to what earlier steps removed), and the cut itself: `pruned_model` made
-by the surgeon, and, while a plain `model.fit` trains on, the removed
-channels of the training model held at exactly zero (`keras_epi.masking`),
-so that the two compute the same function.
+add to what earlier steps removed, `GradualPrune`), and the cut itself:
+`pruned_model` made by the surgeon, and the removed channels of the training
+model held at exactly zero (`keras_epi.masking`), so that the two compute
+the same function.
+
+How the cut reaches training is a handler: `MaskInPlace`, the default in a
+plain `model.fit`, keeps training the masked model and cuts it again after
+the fit; `keras_epi.fit` hands the cut over to its own handler instead and
+trains the cut model on.
 """
 
 import warnings
@@ -18,7 +23,9 @@ import numpy as np
 from keras_epi import budget as budget_lib
 from keras_epi import graph
 from keras_epi import masking
+from keras_epi import plan as plan_lib
 from keras_epi import surgeon as surgeon_lib
+from keras_epi import triggers
 
 
 def prunable_groups(model, analysis, *, keep_stem, keep_residual,
@@ -67,6 +74,28 @@ def prunable_groups(model, analysis, *, keep_stem, keep_residual,
   return frozen, prunable
 
 
+def for_fit(model, params, *, ignore, input_shape, keep_stem, keep_residual,
+            prune_frozen, budget, latency_table, ratio, min_channels,
+            round_to, init_steps, at_start, criterion, gradual_steps):
+  """``(frozen group names, Pruning)`` of one fit of `model` (the settings
+  of `keras_epi.EPICallback`; `params` the fit's); a ValueError before
+  training where the run cannot prune (no group, an unreachable latency
+  target, MACs on open sizes, `init_steps` longer than the epoch)."""
+  check_init_steps(params, init_steps, at_start, criterion, gradual_steps)
+  analysis = graph.analyze(
+      model, ignore,
+      input_shapes=graph.check_input_shapes(model, input_shape))
+  frozen, groups = prunable_groups(
+      model, analysis, keep_stem=keep_stem, keep_residual=keep_residual,
+      prune_frozen=prune_frozen, min_channels=min_channels)
+  pruning = Pruning(analysis, groups, budget=budget,
+                    latency_table=latency_table, min_channels=min_channels,
+                    round_to=round_to, ignore=ignore)
+  if budget == "latency":
+    pruning.check_latency_target(ratio)
+  return frozen, pruning
+
+
 class Pruning:
   """The plans and the cut of one run over `analysis`.
 
@@ -86,8 +115,19 @@ class Pruning:
     self.budget, self.latency_table = budget, latency_table
     self.min_channels, self.round_to = min_channels, round_to
     self.ignore = ignore
-    self.dense_macs = budget_lib.planned_macs(analysis, {})
     self._masks = self._apply = None
+    self.dense_macs = None  # unknown for open input sizes
+    open_calls = plan_lib.open_calls(analysis)
+    if not open_calls:
+      self.dense_macs = budget_lib.planned_macs(analysis, {})
+    elif budget != "neurons":
+      raise ValueError(
+          f"EPICallback(budget={budget!r}) counts MACs, but layer "
+          f"'{open_calls[0].path}' of model '{analysis.model.name}' has an "
+          f"open input size {tuple(open_calls[0].in_shapes[0])}: pass "
+          "EPICallback(input_shape=...) with the size of the training "
+          "examples, e.g. input_shape=(224, 224, 3) (keras_epi.fit takes it "
+          "from the data).")
 
   def plan(self, scores, ratio, kept=None):
     """The channels to keep, ``{group name: indices}``, for `ratio`. With
@@ -112,8 +152,26 @@ class Pruning:
                        f"budget='latency'), checked before training: "
                        f"{e}") from None
 
+  def subnetwork(self, epoch, scores, ratio, indicator):
+    """The dominant sub-network of `epoch`: the plan of `scores` at `ratio`
+    as a `triggers.SubNetwork`, its widths added to the run's EPI
+    `indicator`; returns ``(subnetwork, plan, logs)``, the logs the
+    epoch's values (``epi`` NaN where undefined)."""
+    keep = self.plan(scores, ratio)
+    sizes = {g.name: g.size for g in self.groups}
+    indicator.update([len(keep[name]) for name in sizes])
+    epi = indicator.latest
+    sub = triggers.SubNetwork(epoch, {n: keep[n] for n in sizes}, sizes, epi,
+                              tuple(indicator.values))
+    return sub, keep, {"epi": float("nan") if epi is None else float(epi),
+                       "kept_fraction": float(sub.kept_fraction),
+                       "macs_fraction": self.macs_fraction(keep)}
+
   def macs_fraction(self, keep):
-    """MACs of the plan / dense MACs, without building the model."""
+    """MACs of the plan / dense MACs, without building the model (NaN
+    where the input sizes are open)."""
+    if self.dense_macs is None:
+      return float("nan")
     return float(budget_lib.planned_macs(self.analysis, keep) /
                  self.dense_macs)
 
@@ -151,25 +209,112 @@ class Pruning:
           "`pruned_model` is the cut of those weights, which were not "
           "trained after the cut and differ from the model's function. "
           "Use keras_epi.fit, where EarlyStopping restarts at the prune.",
-          UserWarning, stacklevel=3)
+          UserWarning, stacklevel=4)
     return self.cut(model, keep)
 
-  def prune_logs(self, model, pruned, keep, *, when=None):
-    """The logs of the prune event; with `when` (what fired, for the log
-    line) also its log line: MACs, parameters and the changed widths."""
-    macs_after = budget_lib.count_macs(pruned)
-    if when is not None:
+  def prune_logs(self, model, pruned, keep, event=None):
+    """The logs of the prune event (`kept_fraction`, `macs_fraction` of the
+    plan); with `event`, ``(dense epochs, trigger, EPI)``, also its log
+    line: what fired, MACs, parameters and the changed widths."""
+    logs = {"kept_fraction": self.kept_fraction(keep),
+            "macs_fraction": self.macs_fraction(keep)}
+    if event is not None:
+      epoch, trigger, epi = event
+      when = (f"after {epoch} dense epoch(s) (trigger {trigger!r}, EPI="
+              f"{'n/a' if epi is None else f'{epi:.4f}'})")
       groups = self.groups
       changes = ", ".join(f"{g.name} {g.size}->{len(keep[g.name])}"
                           for g in groups[:8] if len(keep[g.name]) != g.size)
-      logging.info(
-          "EPICallback: pruning %s: MACs %.4gG -> %.4gG (%.1f%%), params %d "
-          "-> %d; widths: %s%s", when, self.dense_macs / 1e9,
-          macs_after / 1e9, 100 * macs_after / self.dense_macs,
-          model.count_params(), pruned.count_params(), changes,
-          ", ..." if len(groups) > 8 else "")
-    return {"kept_fraction": self.kept_fraction(keep),
-            "macs_fraction": float(macs_after / self.dense_macs)}
+      macs = ("MACs unknown (open input sizes)" if self.dense_macs is None
+              else "MACs %.4gG -> %.4gG (%.1f%%)" % (
+                  self.dense_macs / 1e9,
+                  logs["macs_fraction"] * self.dense_macs / 1e9,
+                  100 * logs["macs_fraction"]))
+      logging.info("EPICallback: pruning %s: %s, params %d -> %d; widths: "
+                   "%s%s", when, macs, model.count_params(),
+                   pruned.count_params(), changes,
+                   ", ..." if len(groups) > 8 else "")
+    return logs
+
+
+class MaskInPlace:
+  """The default handler of a cut, in a plain `model.fit`: the removed
+  channels of the training model are held at zero for the rest of the fit
+  (`Pruning.start_masking`), and after the fit the trained, masked model is
+  cut again (`Pruning.cut_after_fit`) when `pruned_model` is first read, so
+  that an EarlyStopping that restores weights at the end is seen.
+
+  A handler answers: `hands_over` (recorded in the run state), `on_cut`
+  (the trigger fired and `pruned_model` is made), `on_resume` (a restarted
+  fit takes over a pruned run's state), `on_train_end`, and `recut` with
+  `recut_pending` (a fresher `pruned_model` after the fit).
+  """
+  hands_over = False
+
+  def __init__(self):
+    self.recut_pending = False
+
+  def on_cut(self, pruning, model, keep):
+    pruning.start_masking(model, keep)
+
+  def on_resume(self, pruning, model, keep):
+    pruning.start_masking(model, keep)
+
+  def on_train_end(self, pruned):
+    self.recut_pending = pruned
+
+  def recut(self, pruning, model, keep):
+    self.recut_pending = False
+    return pruning.cut_after_fit(model, keep)
+
+
+class GradualPrune:
+  """A prune spread over epoch `epoch` in `steps` equal steps (HALP,
+  Taylor_pruning): after batch ``round(steps_per_epoch * k / steps)`` step k
+  re-scores and masks ``k / steps`` of the ratio (only adding to what the
+  earlier steps removed); the epoch's end cuts the full ratio.
+
+  Raises:
+    ValueError: where the fit does not know its steps per epoch.
+  """
+
+  def __init__(self, epoch, steps, params, reason):
+    if not params or params.get("steps") is None:
+      raise ValueError(
+          "EPICallback(gradual_steps>1) needs the number of steps per epoch: "
+          "pass `steps_per_epoch` to fit, or data of known length.")
+    self.epoch, self.steps, self.reason = epoch, steps, reason
+    self.steps_per_epoch = params["steps"]
+    self.done = 0
+    self.keep = None  # the plan of the steps so far
+
+  def step(self, epoch, batch, scoring, pruning, model, ratio):
+    """After `batch` of `epoch`: the next step where it is due (re-scored,
+    planned for its share of `ratio`, masked in `model`). Returns its
+    scores, or None (no step, or no finite scores)."""
+    step = self.done + 1
+    if (epoch != self.epoch or step >= self.steps or
+        batch + 1 < round(self.steps_per_epoch * step / self.steps)):
+      return None
+    self.done = step
+    scores = scoring.scores(epoch)
+    if scores is not None:
+      self.keep = pruning.plan(scores, ratio * step / self.steps, self.keep)
+      pruning.start_masking(model, self.keep)
+    return scores
+
+
+def check_init_steps(params, init_steps, at_start, criterion, gradual_steps):
+  """A prune at initialisation after `init_steps` Taylor-scored batches
+  must fit in the first epoch (a ValueError that says what to pass)."""
+  steps = (params or {}).get("steps")
+  if (at_start and criterion == "taylor" and gradual_steps == 1 and
+      steps is not None and init_steps > steps):
+    raise ValueError(
+        f"`init_steps`={init_steps} is longer than an epoch ({steps} "
+        "steps): with policy='fixed' and prune_epoch=0 the model is pruned "
+        "after `init_steps` batches of the first epoch. Pass init_steps <= "
+        f"{steps}, or prune_epoch=1 to prune after the first epoch.")
 
 
 def cut(model, keep, ignore, analysis=None):

@@ -44,7 +44,8 @@ class RunState:
     trigger: {str(epochs_done): trigger state} for the latest epochs.
     prune: None, or {"epoch": dense epochs before the prune, "reason",
       "keep": {group: indices}, "weights": the pruned weights' file name or
-      None, "dense_checkpoint_removed": bool}.
+      None, "handoff": bool, "dense_checkpoint_removed": bool, "logs": the
+      values logged for every epoch after the prune}.
   """
   fingerprint: dict
   epochs_done: int = 0
@@ -69,6 +70,34 @@ class RunState:
       return None
     return {k: np.asarray(v, dtype=np.int64)
             for k, v in self.prune["keep"].items()}
+
+  @property
+  def prune_epoch(self):
+    return self.prune["epoch"] if self.prune else None
+
+  @property
+  def prune_reason(self):
+    return self.prune["reason"] if self.prune else None
+
+  @property
+  def widths(self):
+    """{group: kept width} of each scored epoch's dominant sub-network."""
+    return [h["widths"] for h in self.history]
+
+  @property
+  def epi(self):
+    """EPI of each scored epoch (None where undefined)."""
+    return [h["epi"] for h in self.history]
+
+  def record_prune(self, epoch, reason, keep, handoff):
+    """The prune: after `epoch` dense epochs, for `reason`, plan `keep`;
+    `handoff`: keras_epi.fit trains the cut model on (else the dense model
+    is masked). Its pruned weights are not written yet."""
+    self.prune = {
+        "epoch": epoch, "reason": reason,
+        "keep": {k: np.asarray(v).tolist() for k, v in keep.items()},
+        "weights": None, "handoff": handoff,
+        "dense_checkpoint_removed": False, "logs": {}}
 
   def record_epoch(self, epoch, record, trigger_state):
     """Adds the record of `epoch` (None: no finite scores) and the trigger's

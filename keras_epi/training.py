@@ -8,12 +8,16 @@ channels, sliced), and training continues on the smaller model to the last
 epoch with the same callbacks. One History covers all epochs.
 """
 
+import contextlib
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_epi import _keras_internals as internals
 from keras_epi import callbacks as callbacks_lib
+from keras_epi import graph
+from keras_epi import pruning
 
 
 def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
@@ -55,92 +59,209 @@ def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
     raise ValueError("keras_epi.fit needs a compiled model: call "
                      "model.compile(...) first.")
   epi = epi[0]
-  # The EPICallback first, so that every other callback (CSVLogger,
-  # TensorBoard, EarlyStopping, BackupAndRestore) sees the epoch's values
-  # and state it adds.
-  callbacks.remove(epi)
-  callbacks.insert(0, epi)
-  history_cb = _history_of(callbacks)
-  backups = [c for c in callbacks
-             if isinstance(c, keras.callbacks.BackupAndRestore)]
-  if epi.backup_dir is None and backups:
-    epi.backup_dir = backups[0].backup_dir
-  multi_worker_fit_workaround(model)
-
-  def prepare(pruned, surgeon):
-    _compile_like(model, pruned, surgeon)
-    multi_worker_fit_workaround(pruned)
-
-  appending = []  # CSVLoggers switched to append for the pruned fit
-  first, first_epochs = {}, []
-  # BackupAndRestore deletes its directory, the run state and the pruned
-  # weights with it, when a fit ends; the dense fit ends at the prune, so
-  # its deletion waits for the end of the whole run.
-  deleting = [c for c in backups if c.delete_checkpoint]
-  with epi.stop_at_prune(prepare):
-    try:
-      for c in deleting:
-        c.delete_checkpoint = False
-      # A run killed after the prune: the pruned model with the weights and
-      # optimizer state saved at the cut (BackupAndRestore then loads a
-      # later checkpoint of it, if there is one).
-      pruned = epi.resume_pruned(
-          model, backups and
-          internals.backup_and_restore_checkpoint(backups[0])
-      ) if epi.backup_dir else None
-      if pruned is None:
-        model.fit(x, y, callbacks=callbacks, epochs=epochs,
+  run = _Run(model, epi, callbacks)
+  with run.settings():
+    pruned = run.resume_pruned()
+    if pruned is None:
+      with epi.handing_over(_HandOver()):
+        model.fit(x, y, callbacks=run.callbacks, epochs=epochs,
                   initial_epoch=initial_epoch, **kwargs)
-        if epi.pruned_model is None:
-          _finish(deleting)
-          return model, history_cb
-        pruned = epi.pruned_model
-        first = {k: list(v) for k, v in history_cb.history.items()}
-        first_epochs = list(history_cb.epoch)
-      if not epi.dense_checkpoint_removed:
-        # The dense model's checkpoint must not be loaded into the pruned
-        # one (BackupAndRestore(delete_checkpoint=False) keeps it, and a
-        # kill can come before it is deleted).
-        for c in backups:
-          for path in internals.backup_and_restore_files(c):
-            if tf.io.gfile.exists(path):
-              tf.io.gfile.remove(path)
-        epi.mark_dense_checkpoint_removed()
-      if epi.prune_epoch >= epochs:
-        _finish(deleting)
-        return pruned, history_cb
-      epi.continue_on(pruned)
-      # History keeps its dict across fits but restarts `epoch`. An epoch
-      # cut short by pruning at initialisation is dropped and trained again.
-      start = epi.prune_epoch
-      dense_epochs = max(start - initial_epoch, 0)
-      history_cb.history = {k: v[:dense_epochs] for k, v in first.items()}
-      # A CSVLogger goes on in the same file rather than starting it again.
-      for c in callbacks:
-        if isinstance(c, keras.callbacks.CSVLogger) and not c.append:
-          c.append = True
-          appending.append(c)
-      for c in deleting:
-        c.delete_checkpoint = True  # at the end of this last fit
-      pruned.fit(x, y, callbacks=callbacks, epochs=epochs,
-                 initial_epoch=start, **kwargs)
+      if not epi.pruned:
+        run.finish()
+        return model, run.history
+      run.dense_done()
+      pruned = run.prepare(epi.pruned_model, epi.surgeon)
+    run.remove_dense_checkpoint()
+    if epi.prune_epoch < epochs:
+      run.train_pruned(pruned, x, y, epochs=epochs,
+                       initial_epoch=initial_epoch, **kwargs)
+    else:
+      run.finish()
+  return pruned, run.history
+
+
+class _HandOver:
+  """`keras_epi.fit`'s handler of the cut (see `pruning.MaskInPlace`): the
+  dense fit stops at the prune, and `_Run` trains the cut model on."""
+  hands_over = True
+
+  def on_cut(self, pruning_, model, keep):
+    del pruning_, keep
+    model.stop_training = True
+
+  on_resume = on_cut
+
+  def on_train_end(self, pruned):
+    del pruned
+
+
+class _Run:
+  """One `keras_epi.fit`: the dense fit, the hand-over at the cut, and the
+  fit of the pruned model, with the callbacks' settings restored on exit.
+
+  BackupAndRestore deletes its directory, the run state and the pruned
+  weights with it, when a fit ends; the dense fit ends at the prune, so its
+  deletion waits for the end of the whole run. A CSVLogger goes on in the
+  same file in the pruned fit, and one History records all epochs.
+  """
+
+  def __init__(self, model, epi, callbacks):
+    self.model, self.epi = model, epi
+    # The EPICallback first, so that every other callback (CSVLogger,
+    # TensorBoard, EarlyStopping, BackupAndRestore) sees the epoch's values
+    # and state it adds.
+    self.callbacks = [epi] + [c for c in callbacks if c is not epi]
+    self.history = _history_of(self.callbacks)
+    self.backups = [c for c in self.callbacks
+                    if isinstance(c, keras.callbacks.BackupAndRestore)]
+    if epi.backup_dir is None and self.backups:
+      epi.backup_dir = self.backups[0].backup_dir
+    self._deleting = [c for c in self.backups if c.delete_checkpoint]
+    self._dense = ({}, [])  # History's record of the dense fit
+    multi_worker_fit_workaround(model)
+
+  @contextlib.contextmanager
+  def settings(self):
+    """Restores what the run changes on the callbacks, however it ends."""
+    loggers = [c for c in self.callbacks
+               if isinstance(c, keras.callbacks.CSVLogger) and not c.append]
+    try:
+      for c in self._deleting:
+        c.delete_checkpoint = False
+      yield
     finally:
-      for c in appending:
-        c.append = False
-      for c in deleting:
+      for c in self._deleting:
         c.delete_checkpoint = True
-  history_cb.epoch = first_epochs[:dense_epochs] + list(history_cb.epoch)
-  return pruned, history_cb
+      for c in loggers:
+        c.append = False
+
+  def resume_pruned(self):
+    """The pruned model of an interrupted run, from the state in
+    `backup_dir`: rebuilt with the saved plan, compiled, and given the
+    trained weights and optimizer state saved at the cut. If the run was
+    killed after the trigger but before those were written, they are made
+    again from the dense model's checkpoint when it is of the prune epoch.
+    None if the run was not pruned (or the dense fit must prune again)."""
+    epi, state_file = self.epi, self.epi.state_file
+    if state_file is None or not state_file.exists():
+      return None
+    analysis = graph.analyze(self.model, epi.ignore)
+    saved = state_file.load_for(self.model, analysis)
+    if saved is None or saved.prune is None:
+      return None
+    pending = saved.prune.get("weights") is None
+    if pending and saved.prune.get("handoff"):
+      checkpoint = self.backups and internals.backup_and_restore_checkpoint(
+          self.backups[0])
+      if not checkpoint or checkpoint[1] != saved.prune["epoch"]:
+        return None  # the dense fit goes back to the checkpoint's epoch
+      optimizer = self.model.optimizer
+      if optimizer is not None and not optimizer.built:
+        optimizer.build(self.model.trainable_variables)
+      self.model.load_weights(checkpoint[0])
+    elif pending:
+      raise ValueError(
+          f"The run state in {epi.backup_dir} is of a plain model.fit with "
+          "EPICallback (the pruned channels are masked in the dense model's "
+          "checkpoint); keras_epi.fit cannot continue it. Continue it with "
+          "model.fit, or delete the directory to start afresh.")
+    epi.run_state = saved
+    epi.cost.start()
+    pruned, surgeon = pruning.cut(self.model, epi.keep, epi.ignore, analysis)
+    self.prepare(pruned, surgeon, save=pending)
+    if not pending:
+      state_file.load_weights(pruned)
+    return pruned
+
+  def dense_done(self):
+    """Keeps History's record of the dense fit, which the pruned fit
+    continues."""
+    self._dense = ({k: list(v) for k, v in self.history.history.items()},
+                   list(self.history.epoch))
+
+  def prepare(self, pruned, surgeon, save=True):
+    """The cut model compiled like the dense one, with its optimizer state
+    carried over (after every callback saw the dense fit's last epoch, so a
+    learning rate set then is carried); with `save`, its weights and
+    optimizer variables written to `backup_dir`, then the state naming
+    them."""
+    epi = self.epi
+    with epi.cost.timed("prune"), pruned.distribute_strategy.scope():
+      compile_like(self.model, pruned, surgeon)
+      multi_worker_fit_workaround(pruned)
+    epi.pruned_model = pruned
+    if save and epi.state_file:
+      epi.run_state.prune["weights"] = epi.state_file.save_weights(pruned)
+      epi.state_file.save(epi.run_state)
+    return pruned
+
+  def remove_dense_checkpoint(self):
+    """The dense model's checkpoint must not be loaded into the pruned one
+    (BackupAndRestore(delete_checkpoint=False) keeps it, and a kill can
+    come before it is deleted); the state records that it is gone, so that
+    a checkpoint in `backup_dir` is from then on the pruned model's."""
+    state = self.epi.run_state
+    if state.prune.get("dense_checkpoint_removed"):
+      return
+    for c in self.backups:
+      for path in internals.backup_and_restore_files(c):
+        if tf.io.gfile.exists(path):
+          tf.io.gfile.remove(path)
+    state.prune["dense_checkpoint_removed"] = True
+    if self.epi.state_file:
+      self.epi.state_file.save(state)
+
+  def train_pruned(self, pruned, x, y, *, epochs, initial_epoch, **kwargs):
+    """The rest of the run on `pruned`. History keeps its dict across fits
+    but restarts `epoch`; an epoch cut short by pruning at initialisation
+    is dropped and trained again."""
+    start = self.epi.prune_epoch
+    dense_epochs = max(start - initial_epoch, 0)
+    record, epochs_seen = self._dense
+    self.history.history = {k: v[:dense_epochs] for k, v in record.items()}
+    for c in self.callbacks:
+      if isinstance(c, keras.callbacks.CSVLogger):
+        c.append = True
+    for c in self._deleting:
+      c.delete_checkpoint = True  # at the end of this last fit
+    callbacks = [_PrunedPhase(self.epi)] + self.callbacks[1:]
+    pruned.fit(x, y, callbacks=callbacks, epochs=epochs, initial_epoch=start,
+               **kwargs)
+    self.history.epoch = epochs_seen[:dense_epochs] + list(self.history.epoch)
+
+  def finish(self):
+    """The end of a whole run that ended without a pruned fit: what the
+    BackupAndRestore callbacks with ``delete_checkpoint=True`` would have
+    deleted (their directory, with the run state in it), so that the same
+    command starts a new run."""
+    for c in self._deleting:
+      if tf.io.gfile.exists(c.backup_dir):
+        tf.io.gfile.rmtree(c.backup_dir)
 
 
-def _finish(deleting):
-  """The end of a whole run that ended without a pruned fit: what the
-  BackupAndRestore callbacks with ``delete_checkpoint=True`` would have
-  deleted (their directory, with the run state in it), so that the same
-  command starts a new run."""
-  for c in deleting:
-    if tf.io.gfile.exists(c.backup_dir):
-      tf.io.gfile.rmtree(c.backup_dir)
+class _PrunedPhase(keras.callbacks.Callback):
+  """The EPICallback's part in the fit of the pruned model: every epoch's
+  logs get the pruned model's values (`kept_fraction`, `macs_fraction`;
+  `epi` is not measured after the prune), the run state records the epoch
+  (for resuming) and the run's cost its time."""
+
+  def __init__(self, epi):
+    super().__init__()
+    self.epi = epi
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self.epi.cost.epoch_begin(pruned=True)
+
+  def on_epoch_end(self, epoch, logs=None):
+    state = self.epi.run_state
+    if logs is not None:
+      logs.update(state.prune.get("logs", {}))
+    state.record_epoch(epoch, None, self.epi.trigger.get_state())
+    if self.epi.state_file:
+      self.epi.state_file.save(state)
+
+  def on_train_end(self, logs=None):
+    self.epi.cost.stop()
 
 
 def multi_worker_fit_workaround(model):
@@ -200,7 +321,7 @@ def _history_of(callbacks):
   return history
 
 
-def _compile_like(model, pruned, surgeon):
+def compile_like(model, pruned, surgeon):
   """Compiles `pruned` like `model`, carrying the optimizer state over."""
   config = internals.compile_config(model)
   optimizer = model.optimizer

@@ -43,11 +43,15 @@ class SubNetwork:
     sizes: {group name: channels of the dense group}.
     epi: The Early Pruning Indicator of the callback's `window` (None until
       defined).
+    epi_history: EPI of every epoch the callback has scored, this one last
+      (None where undefined): the values `EPITrigger` decides from. The
+      callback computes EPI once, for its logs and its trigger alike.
   """
   epoch: int
   keep: dict
   sizes: dict
   epi: float = None
+  epi_history: tuple = ()
 
   @property
   def widths(self):
@@ -67,28 +71,26 @@ class SubNetwork:
 class Trigger:
   """Base class: decides at the end of each epoch whether to prune.
 
-  Override `update`; the other methods have working defaults.
+  The protocol `EPICallback` uses: `update` (override it), `due`, and the
+  state (`get_state` / `set_state`, plain JSON data saved with the run's
+  state); `start` is called when a fit begins from scratch.
 
   Attributes:
     name: The `EPICallback.prune_reason` when it fires.
-    at_start: Prune at initialisation, before the first epoch ends.
-    gradual_steps: Prune over this many steps of the epoch after the trigger
-      (`Gradual`); 1 prunes in one shot.
-    ranks_batchnorm: Rank the dominant sub-network by BatchNormalization
-      |gamma| instead of the callback's criterion (Early-Bird).
-    gamma_penalty: L1 coefficient on BatchNormalization gamma added to the
-      train step's gradients until the prune (Early-Bird).
+    gradual_steps, ranks_batchnorm, gamma_penalty: Settings the callback
+      reads once, when it is made: `Gradual`'s steps, and Early-Bird's
+      scoring (rank the dominant sub-network by BatchNormalization |gamma|,
+      with an L1 penalty on gamma while searching).
   """
   name = "custom"
-  at_start = False
   gradual_steps = 1
   ranks_batchnorm = False
   gamma_penalty = 0.0
 
   def start(self, criterion, **settings):
     """Called when a fit begins from scratch: clear any state. `criterion`
-    is the callback's ("taylor" or "magnitude"); `settings` its `window`
-    and `threshold`."""
+    is the callback's ("taylor" or "magnitude"); `settings` its EPI
+    `window` and `threshold`."""
     del criterion, settings
 
   def update(self, epoch, subnetwork):
@@ -97,10 +99,16 @@ class Trigger:
     raise NotImplementedError
 
   def due(self, epoch):
-    """Whether pruning is due at the end of `epoch` whatever the scores
-    (an epoch whose scores were not finite still prunes then)."""
+    """Whether pruning is due at the end of `epoch` whatever the scores (an
+    epoch whose scores were not finite still prunes then); ``due(-1)``:
+    at initialisation, before the first epoch ends."""
     del epoch
     return False
+
+  @property
+  def at_start(self):
+    """Whether it prunes at initialisation (``due(-1)``)."""
+    return bool(self.due(-1))
 
   def logs(self):
     """Values added to the epoch's logs (floats)."""
@@ -112,27 +120,23 @@ class Trigger:
   def set_state(self, state):
     del state
 
+  def __repr__(self):
+    return f"{type(self).__name__}()"
+
   def describe(self):
-    return type(self).__name__
+    """The `repr` (kept for code written against keras_epi 0.x)."""
+    return repr(self)
 
 
-class _IndicatorTrigger(Trigger):
-  """A trigger whose state is its indicator's (`self._indicator`)."""
-
-  def get_state(self):
-    return self._indicator.get_state()
-
-  def set_state(self, state):
-    self._indicator.set_state(state)
-
-
-class EPITrigger(_IndicatorTrigger):
-  """The paper's policy: prune when the Early Pruning Indicator over the
-  last `window` epochs reaches `threshold`.
+class EPITrigger(Trigger):
+  """The paper's policy: prune at the first epoch whose Early Pruning
+  Indicator reaches `threshold` while still rising (at least each of the
+  `window` values before it): `keras_epi.indicators.epi_fires` on the EPI
+  values the callback computed (`SubNetwork.epi_history`).
 
   Args:
-    window: r, the epochs compared with (>= 1); None takes the callback's
-      `window`.
+    window: r, the epochs EPI compares with (>= 1); None takes the
+      callback's `window`. Given, it is the window of the callback's EPI.
     threshold: tau in (0, 1]; None takes the callback's `threshold` (the
       paper's value for its criterion unless given).
   """
@@ -143,31 +147,24 @@ class EPITrigger(_IndicatorTrigger):
         "window", window, 1)
     self.threshold = None if threshold is None else validation.number(
         "threshold", threshold, "(0, 1]")
-    self._indicator = None
+    self._settings = (self.window or 5, self.threshold or
+                      indicators.PAPER_THRESHOLDS["taylor"])
 
   def start(self, criterion, window=5, threshold=None):  # pylint: disable=arguments-differ
     if threshold is None:
       threshold = indicators.PAPER_THRESHOLDS[criterion]
-    self._indicator = indicators.EarlyPruningIndicator(
-        self.window or window,
-        threshold if self.threshold is None else self.threshold)
+    self._settings = (self.window or window,
+                      threshold if self.threshold is None else self.threshold)
 
   def update(self, epoch, subnetwork):
-    return self._indicator.update(list(subnetwork.widths.values()))
+    window, threshold = self._settings
+    return indicators.epi_fires(subnetwork.epi_history, window, threshold)
 
-  def logs(self):
-    return {"epi": float(self._indicator.latest or 0.0)}
-
-  @property
-  def latest(self):
-    return None if self._indicator is None else self._indicator.latest
-
-  def describe(self):
-    return f"EPITrigger(window={self._indicator.window}, " \
-           f"threshold={self._indicator.threshold})"
+  def __repr__(self):
+    return "EPITrigger(window=%d, threshold=%g)" % self._settings
 
 
-class EarlyBirdTrigger(_IndicatorTrigger):
+class EarlyBirdTrigger(Trigger):
   """Early-Bird (You et al. 2020): the masks of BatchNormalization |gamma|
   settle (largest Hamming distance over the last `window` masks below
   `distance`), with an L1 penalty `penalty` on gamma while searching.
@@ -198,9 +195,15 @@ class EarlyBirdTrigger(_IndicatorTrigger):
   def history(self):
     return list(self._indicator.values)
 
-  def describe(self):
-    return f"EarlyBirdTrigger(distance={self.distance}, " \
-           f"penalty={self.gamma_penalty})"
+  def get_state(self):
+    return self._indicator.get_state()
+
+  def set_state(self, state):
+    self._indicator.set_state(state)
+
+  def __repr__(self):
+    return (f"EarlyBirdTrigger(distance={self.distance:g}, "
+            f"penalty={self.gamma_penalty:g}, window={self.window})")
 
 
 class AtEpoch(Trigger):
@@ -210,7 +213,6 @@ class AtEpoch(Trigger):
 
   def __init__(self, epoch):
     self.epoch = validation.integer("prune_epoch", epoch, 0)
-    self.at_start = self.epoch == 0
 
   def update(self, epoch, subnetwork):
     return self.due(epoch)
@@ -218,7 +220,7 @@ class AtEpoch(Trigger):
   def due(self, epoch):
     return epoch + 1 >= self.epoch
 
-  def describe(self):
+  def __repr__(self):
     return f"AtEpoch({self.epoch})"
 
 
@@ -231,10 +233,6 @@ class _Wrapper(Trigger):
                        f"received {trigger!r}.")
     self.trigger = trigger
     self.name = trigger.name
-    self.at_start = trigger.at_start
-    self.gradual_steps = trigger.gradual_steps
-    self.ranks_batchnorm = trigger.ranks_batchnorm
-    self.gamma_penalty = trigger.gamma_penalty
 
   def start(self, criterion, **kwargs):
     self.trigger.start(criterion, **kwargs)
@@ -274,8 +272,8 @@ class Deadline(_Wrapper):
   def due(self, epoch):
     return epoch + 1 >= self.epoch or self.trigger.due(epoch)
 
-  def describe(self):
-    return f"Deadline({self.trigger.describe()}, epoch={self.epoch})"
+  def __repr__(self):
+    return f"Deadline({self.trigger!r}, epoch={self.epoch})"
 
 
 class Gradual(_Wrapper):
@@ -288,8 +286,8 @@ class Gradual(_Wrapper):
     super().__init__(trigger)
     self.gradual_steps = validation.integer("gradual_steps", steps, 1)
 
-  def describe(self):
-    return f"Gradual({self.trigger.describe()}, steps={self.gradual_steps})"
+  def __repr__(self):
+    return f"Gradual({self.trigger!r}, steps={self.gradual_steps})"
 
 
 def find(trigger, cls):
@@ -297,6 +295,33 @@ def find(trigger, cls):
   while isinstance(trigger, _Wrapper) and not isinstance(trigger, cls):
     trigger = trigger.trigger
   return trigger if isinstance(trigger, cls) else None
+
+
+def chain(trigger):
+  """`trigger` and the triggers it wraps, outermost first."""
+  found = [trigger]
+  while isinstance(found[-1], _Wrapper):
+    found.append(found[-1].trigger)
+  return found
+
+
+def settings(trigger, window, threshold, criterion):
+  """What `trigger` sets for `EPICallback`, read once: ``(window,
+  threshold, gradual_steps, ranks_batchnorm, gamma_penalty)``. An
+  `EPITrigger`'s own window and threshold are the callback's EPI; a
+  threshold of None is the paper's for `criterion`."""
+  found = chain(trigger)
+  epi = find(trigger, EPITrigger)
+  if epi is not None:
+    window = epi.window or window
+    threshold = threshold if epi.threshold is None else epi.threshold
+  window = validation.integer("window", window, 1)
+  threshold = validation.number(
+      "threshold", indicators.PAPER_THRESHOLDS[criterion]
+      if threshold is None else threshold, "(0, 1]")
+  return (window, threshold, max(t.gradual_steps for t in found),
+          any(t.ranks_batchnorm for t in found),
+          next((t.gamma_penalty for t in found if t.gamma_penalty), 0.0))
 
 
 def from_policy(policy, prune_epoch=None, prune_by=None, gradual_steps=1,
@@ -337,11 +362,9 @@ def from_arguments(trigger, policy="epi", prune_epoch=None, prune_by=None,
   """`EPICallback`'s trigger: `trigger`, or the one its policy arguments
   stand for (`from_policy`); a ValueError where both are given."""
   validation.choice("policy", policy, POLICIES)
-  # Built even when `trigger` is given: it checks the policy arguments.
-  built = from_policy(policy, prune_epoch, prune_by, gradual_steps,
-                      early_bird_penalty, early_bird_distance)
   if trigger is None:
-    return built
+    return from_policy(policy, prune_epoch, prune_by, gradual_steps,
+                       early_bird_penalty, early_bird_distance)
   if not isinstance(trigger, Trigger):
     raise ValueError(f"`trigger` must be a keras_epi.triggers.Trigger "
                      f"(e.g. keras_epi.triggers.EPITrigger()), received "

@@ -56,8 +56,13 @@ def test_fit_logs_epi_fires_and_masked_equals_pruned(tmp_path):
   with open(csv_path) as f:
     assert {"epi", "kept_fraction", "macs_fraction"} <= set(
         next(csv.reader(f)))
-  assert all(0.0 <= v <= 1.0 for v in history.history["epi"])
-  assert history.history["epi"][cb.prune_epoch - 1] >= 0.9
+  # EPI is measured from epoch `window` (0-based) until the prune, NaN
+  # before (undefined) and after (not measured); never 0.0 for "unknown".
+  epi = history.history["epi"]
+  assert all(np.isnan(v) for v in epi[:2] + epi[cb.prune_epoch:])
+  assert all(0.0 <= v <= 1.0 for v in epi[2:cb.prune_epoch])
+  assert epi[cb.prune_epoch - 1] >= 0.9
+  assert epi[2:cb.prune_epoch] == cb.epi_history[2:]
   # Neuron budget: half of the prunable channels (the stem stays whole).
   sizes = {g.name: g.size for g in keras_epi.channel_groups(model)}
   kept = sum(len(v) for v in cb.keep.values())

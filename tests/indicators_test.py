@@ -73,8 +73,8 @@ def test_epi_state_round_trip():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(window=0), "`window` must be an integer >= 1"),
     (dict(window=2.5), "`window` must be an integer >= 1"),
-    (dict(threshold=0.0), r"`threshold` must be in \(0, 1\]"),
-    (dict(threshold=1.5), r"`threshold` must be in \(0, 1\]"),
+    (dict(threshold=0.0), r"`threshold` must be a number in \(0, 1\]"),
+    (dict(threshold=1.5), r"`threshold` must be a number in \(0, 1\]"),
 ])
 def test_epi_rejects_bad_arguments(kwargs, message):
   with pytest.raises(ValueError, match=message):

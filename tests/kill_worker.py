@@ -12,7 +12,8 @@ process SIGKILL:
              pruned weights are not yet);
   "weights"  right after the pruned weights are written at the cut;
   "state"    right after the run state that names them is written;
-  "removed"  right after the dense checkpoint is removed.
+  "removed"  right after the state that records the dense checkpoint
+             removed is written.
 A run that ends writes DIR/final.npz: the final model's weights and the
 optimizer's step counter.
 """
@@ -26,7 +27,6 @@ import numpy as np
 import tensorflow as tf
 
 import keras_epi
-from keras_epi import callbacks as callbacks_lib
 from keras_epi import state as state_lib
 from tests.callbacks_test import make_data
 from tests.callbacks_test import make_model
@@ -84,7 +84,9 @@ def main(directory, runner, kill_at=None):
     _kill_after(state_lib.StateFile, "save",
                 lambda _, state: state.prune and state.prune["weights"])
   elif kill_at == "removed":
-    _kill_after(callbacks_lib.EPICallback, "mark_dense_checkpoint_removed")
+    _kill_after(state_lib.StateFile, "save",
+                lambda _, state: state.prune and
+                state.prune["dense_checkpoint_removed"])
   elif kill_at:
     callbacks.append(_KillAt(*map(int, kill_at.split(":"))))
   # A learning rate that changes every epoch, as the restarted run must

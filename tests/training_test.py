@@ -55,7 +55,7 @@ def test_optimizer_slots_are_sliced_and_the_step_continues(optimizer):
   keep = {"c1": np.array([0, 3, 5, 9]), "c2": np.arange(0, 16, 2)}
   pruned, surgeon = keras_epi.surgeon.prune_with_surgeon(model, keep)
 
-  training._compile_like(model, pruned, surgeon)  # pylint: disable=protected-access
+  training.compile_like(model, pruned, surgeon)
 
   old = {v.name: keras.ops.convert_to_numpy(v)
          for v in model.optimizer.variables}

@@ -4,29 +4,57 @@ import numpy as np
 import pytest
 
 import keras_epi
+from keras_epi import indicators
 from keras_epi import triggers
 from tests.callbacks_test import make_data
 from tests.callbacks_test import make_model
 
 
-def _sub(epoch, widths):
+def _sub(epoch, widths, epi_history=()):
   return triggers.SubNetwork(
       epoch, {name: np.arange(w) for name, w in widths.items()},
-      {name: 16 for name in widths})
+      {name: 16 for name in widths},
+      epi_history[-1] if epi_history else None, tuple(epi_history))
 
 
-def test_epi_trigger_fires_as_the_indicator_and_keeps_its_state():
+def test_epi_trigger_fires_as_the_indicator_on_the_callbacks_values():
   trigger = triggers.EPITrigger(window=2, threshold=0.9)
   trigger.start("taylor")
-  fired = [trigger.update(e, _sub(e, {"a": w, "b": 8}))
-           for e, w in enumerate([16, 10, 9, 9, 9])]
   indicator = keras_epi.EarlyPruningIndicator(2, 0.9)
-  expected = [indicator.update([w, 8]) for w in [16, 10, 9, 9, 9]]
+  fired, expected = [], []
+  for e, w in enumerate([16, 10, 9, 9, 9]):
+    expected.append(indicator.update([w, 8]))
+    fired.append(trigger.update(e, _sub(e, {"a": w, "b": 8},
+                                        indicator.values)))
   assert fired == expected and any(fired)
+  # It computes no EPI of its own, so it has no state to keep and logs
+  # nothing: the values are the callback's.
   twin = triggers.EPITrigger(window=2, threshold=0.9)
   twin.start("taylor")
   twin.set_state(trigger.get_state())
-  assert twin.logs() == trigger.logs()
+  assert twin.logs() == trigger.logs() == {} == trigger.get_state()
+
+
+def test_callback_and_trigger_share_one_epi():
+  """An EPITrigger's own window is the callback's: the logged EPI is the one
+  the trigger decides on."""
+  model = make_model()
+  x, y = make_data(64)
+  cb = keras_epi.EPICallback(prune_ratio=0.5, window=5,
+                             trigger=triggers.EPITrigger(window=2,
+                                                         threshold=0.9))
+  history = model.fit(x, y, epochs=5, batch_size=32, verbose=0,
+                      callbacks=[cb])
+  assert cb.window == 2 and cb.threshold == 0.9
+  scored = len(cb.epi_history)
+  logged = history.history["epi"][:scored]
+  assert [v is None for v in cb.epi_history] == [bool(np.isnan(v))
+                                                 for v in logged]
+  assert [v for v in cb.epi_history if v is not None] == [
+      v for v in logged if not np.isnan(v)]
+  fired = [indicators.epi_fires(cb.epi_history[:t + 1], 2, 0.9)
+           for t in range(scored)]
+  assert (cb.prune_epoch == scored) == fired[-1] and not any(fired[:-1])
 
 
 def test_none_settings_come_from_the_callback():
