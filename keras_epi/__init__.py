@@ -25,10 +25,10 @@ Public API:
     LatencyTable and of the benchmarks).
 """
 
+from keras_epi import _builtin_layers  # pylint: disable=unused-import
 from keras_epi.budget import count_macs
 from keras_epi.budget import max_latency_ratio
 from keras_epi.budget import select_channels
-from keras_epi.budget import select_channels_timed
 from keras_epi.budget import uniform_plan
 from keras_epi.callbacks import EPICallback
 from keras_epi.export import export_tflite
@@ -43,6 +43,7 @@ from keras_epi.layers import LayerRule
 from keras_epi.layers import register_layer
 from keras_epi.layers import unregister_layer
 from keras_epi.surgeon import prune_model
+from keras_epi.timed_plan import select_channels_timed
 from keras_epi.training import fit
 from keras_epi.version import __version__
 from keras_epi import timing  # pylint: disable=g-bad-import-order

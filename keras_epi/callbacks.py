@@ -28,12 +28,10 @@ import weakref
 
 from absl import logging
 import keras
-import numpy as np
 
 from keras_epi import _validation as validation
 from keras_epi import budget as budget_lib
 from keras_epi import cost as cost_lib
-from keras_epi import graph
 from keras_epi import importance as importance_lib
 from keras_epi import indicators
 from keras_epi import pruning as pruning_lib
@@ -213,7 +211,7 @@ class EPICallback(keras.callbacks.Callback):
       self._handler = previous
       self.close()
 
-  # -- Keras lifecycle ----------------------------------------------------------
+  # -- Keras lifecycle --------------------------------------------------------
 
   def on_train_begin(self, logs=None):
     self.close()  # a tap left by a fit that ended with an exception

@@ -41,9 +41,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_epi import _functional as functional
 from keras_epi import _keras_internals as internals
-from keras_epi import graph
-from keras_epi import surgeon
+from keras_epi import layers as layers_lib
 
 _L = keras.layers
 
@@ -372,7 +372,7 @@ class _Folder:
     if id(model) in self._models:
       return self._models[id(model)]
     folds = _fold_pairs(model)  # id(producer) -> batchnorm, id(bn) -> None
-    inputs = [graph.new_input(t) for t in model.inputs]
+    inputs = [functional.new_input(t) for t in model.inputs]
     new_layers = {}
 
     def operation_for(op):
@@ -390,7 +390,7 @@ class _Folder:
         return lambda inputs, **unused_kwargs: new_op(inputs)
       return new_op
 
-    new = graph.rebuild(model, inputs, operation_for, call_for)
+    new = functional.rebuild(model, inputs, operation_for, call_for)
     self._models[id(model)] = new
     if not prefix:
       for old, new_layer in self._pairs:
@@ -406,7 +406,7 @@ class _Folder:
     config = layer.get_config()
     if id(layer) in folds:
       config["use_bias"] = True
-    new = surgeon.layer_from_config(layer, config)
+    new = functional.layer_from_config(layer, config)
     if id(layer) in folds:
       self._folded_layers.append((layer, new, folds[id(layer)]))
     else:
@@ -417,7 +417,7 @@ class _Folder:
 def _fold_pairs(model):
   """``{id(producer): its BatchNormalization, id(bn): None}`` for every
   BatchNormalization of `model` (not of nested models) that can be folded."""
-  nodes = graph.topological_nodes(model)
+  nodes = functional.topological_nodes(model)
   readers = {}
   for node in nodes:
     for t in node.input_tensors:
@@ -434,15 +434,9 @@ def _fold_pairs(model):
       continue
     tensor = node.input_tensors[0]
     producer = internals.history(tensor).operation
-    if (not surgeon.rule_of(producer).linear or id(producer) in folds or
+    if (id(producer) in folds or readers[id(tensor)] != 1 or
         len(internals.inbound_nodes(producer)) != 1 or
-        readers[id(tensor)] != 1 or
-        producer.activation is not keras.activations.linear):
-      continue
-    ndim = len(tensor.shape)
-    axes = bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis]
-    if (getattr(producer, "data_format", "channels_last") != "channels_last"
-        or len(axes) != 1 or axes[0] % ndim != ndim - 1):
+        not layers_lib.folds_into(producer, bn, tuple(tensor.shape[1:]))):
       continue
     folds[id(producer)] = bn
     folds[id(bn)] = None
@@ -466,7 +460,7 @@ def _load_folded(old, new, bn):
       value = bias * scale + shift
     else:
       value = values[weight.name]
-      axis = surgeon.output_axis(old, weight.name)
+      axis = layers_lib.output_axis(old, weight.name)
       if axis == "depthwise":
         value = value * scale.reshape(value.shape[-2:])
       elif axis is not None:

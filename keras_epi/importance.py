@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_epi import graph
-from keras_epi import surgeon
+from keras_epi import layers as layers_lib
 
 TAYLOR_REDUCTIONS = ("square", "abs")
 
@@ -37,7 +37,7 @@ def magnitude_importance(model, groups):
     total = np.zeros(group.size)
     for path, positions in group.members:
       layer = graph.layer_at(model, path)
-      filters = None if layer is None else surgeon.output_filters(layer)
+      filters = None if layer is None else layers_lib.output_filters(layer)
       if filters is None:
         continue
       norms = np.linalg.norm(filters.astype(np.float64), axis=1) / np.sqrt(
@@ -109,7 +109,7 @@ class TaylorScorer:
       if isinstance(layer, keras.layers.BatchNormalization):
         if layer.trainable and (layer.scale or layer.center):
           bn.append(("bn", layer, positions))
-      elif layer.trainable and surgeon.output_filters(layer) is not None:
+      elif layer.trainable and layers_lib.output_filters(layer) is not None:
         producers.append(("filter", layer, positions))
     return bn or producers
 
@@ -176,7 +176,7 @@ def _filter_taylor(layer, grad_of):
   """``sum(w * dL/dw)`` over each output channel's kernel and bias."""
   s = None
   for weight in layer.weights:
-    axis = surgeon.output_axis(layer, weight.name)
+    axis = layers_lib.output_axis(layer, weight.name)
     if axis is None or id(weight) not in grad_of:
       continue
     product = tf.cast(weight.value, tf.float32) * tf.cast(grad_of[id(weight)],

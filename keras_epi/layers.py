@@ -35,12 +35,10 @@ as elementwise, and a composite layer is looked inside.
 
 import dataclasses
 import functools
-import math
 
 import keras
 import numpy as np
 
-from keras_epi import _keras_internals as internals
 
 _L = keras.layers
 
@@ -78,6 +76,12 @@ class LayerRule:
       rebuilt from a config (keras.ops with channel arguments), or None.
     auto: Made by probing an unregistered layer: the surgeon finds the
       config key of its width and checks the rebuilt layer numerically.
+    residual: A sum-like merge (Add, Subtract, Average, Maximum, Minimum;
+      not Multiply): the channels through it are a residual stream
+      (`ChannelGroup.residual`).
+    follower: Its cost follows the width of the layer before it (a
+      BatchNormalization or activation): `keras_epi.LatencyTable` times it
+      with that layer.
   """
   channels: object
   weights: dict = dataclasses.field(default_factory=dict)
@@ -88,6 +92,8 @@ class LayerRule:
   data_format: bool = False
   rebuild: object = None
   auto: bool = False
+  residual: bool = False
+  follower: bool = False
 
   def weight_axes(self, weight_name):
     return self.weights.get(weight_name, ())
@@ -99,6 +105,9 @@ class LayerRule:
       if side == "out":
         return axis
     return None
+
+
+IGNORED = LayerRule(FIXED)  # the rule of a layer whose channels stay whole
 
 
 class ChannelCall:
@@ -152,6 +161,19 @@ class Unsupported(Exception):
 
 
 _REGISTRY = {}  # class -> LayerRule
+_LOADERS = []  # functions that fill in the built-in rules, run once
+
+
+def load_builtins(register):
+  """Runs `register` (which calls `add_builtin`) before the first lookup;
+  `keras_epi._builtin_layers` gives the built-in table this way."""
+  _LOADERS.append(register)
+  rule_for.cache_clear()
+
+
+def add_builtin(layer_class, rule):
+  """A built-in rule; a class registered already keeps its own."""
+  _REGISTRY.setdefault(layer_class, rule)
 
 
 def register_layer(layer_class, *, channels, weights=None, width=None,
@@ -239,7 +261,7 @@ def register_layer(layer_class, *, channels, weights=None, width=None,
   if macs is not None and not callable(macs):
     raise ValueError(f"`macs` must be a function, received {macs!r}.")
   rule = LayerRule(channels=channels, weights=axes,
-                   config=_width_config(width), macs=macs,
+                   config=width_config(width), macs=macs,
                    filters=tuple(filters))
   _REGISTRY[layer_class] = rule
   rule_for.cache_clear()
@@ -257,7 +279,8 @@ def unregister_layer(layer_class):
 @functools.lru_cache(maxsize=None)
 def rule_for(op_class):
   """The rule of the nearest registered class in `op_class`'s MRO, or None."""
-  _register_builtins()
+  while _LOADERS:
+    _LOADERS.pop(0)()
   for cls in op_class.__mro__:
     if cls in _REGISTRY:
       return _REGISTRY[cls]
@@ -281,7 +304,7 @@ def _weight_axes_argument(weights, channels):
   return axes
 
 
-def _width_config(width):
+def width_config(width):
   if width is None:
     return None
   if callable(width):
@@ -294,56 +317,37 @@ def _width_config(width):
   return rewrite
 
 
-# -- built-in flows -----------------------------------------------------------
+# -- flows that rules name by string, and that flow functions may reuse ----
 
 
-def _normalised_axes(axis, ndim):
-  axes = axis if isinstance(axis, (list, tuple)) else [axis]
-  return sorted(a % ndim for a in axes)
-
-
-def _over_channels(axis, shape):
-  """Whether `axis` (of a per-example `shape`, batch added) includes the
-  channel axis."""
-  ndim = len(shape) + 1
-  if axis is None:
-    return True
-  return ndim - 1 in _normalised_axes(axis, ndim)
-
-
-def _activation_fixes(layer, labels, call):
+def is_softmax(layer):
+  """Whether the layer's activation normalises over the channels."""
   activation = getattr(layer, "activation", None)
-  name = getattr(activation, "__name__", activation)
-  if name in ("softmax", "log_softmax"):
+  return getattr(activation, "__name__", activation) in ("softmax",
+                                                          "log_softmax")
+
+
+def over_channels_only(axis, shape):
+  """Whether a normalisation `axis` (an int or a list) of a tensor with
+  per-example `shape` is exactly the channel axis, the last."""
+  ndim = len(shape) + 1
+  axes = axis if isinstance(axis, (list, tuple)) else [axis]
+  return sorted(a % ndim for a in axes) == [ndim - 1]
+
+
+def activation_fixes(layer, labels, call):
+  """A softmax over the channels pins them: `labels`, fixed where so."""
+  if is_softmax(layer):
     call.fix(labels)
   return labels
 
 
-def _conv_flow(layer, call):
-  x = call.inputs[0]
-  groups = getattr(layer, "groups", 1)
-  if groups == 1:
-    out = call.produce(layer.filters)
-  elif groups == len(x):  # depthwise-like: out channel j reads input j//m
-    out = np.repeat(x, layer.filters // groups)
-  else:  # general grouped conv: each group must keep equal widths
-    call.fix(x)
-    out = call.produce(layer.filters)
-    call.fix(out)
-  return [_activation_fixes(layer, out, call)]
-
-
-def _producer_flow(layer, call):
+def producer_flow(layer, call):
   out = call.produce(call.output_shapes[0][-1])
-  return [_activation_fixes(layer, out, call)]
+  return [activation_fixes(layer, out, call)]
 
 
-def _depthwise_flow(layer, call):
-  out = np.repeat(call.inputs[0], layer.depth_multiplier)
-  return [_activation_fixes(layer, out, call)]
-
-
-def _elementwise_flow(layer, call):
+def elementwise_flow(layer, call):
   del layer
   if len(call.inputs) == 1 and len(call.output_shapes) == 1:
     if call.output_shapes[0] and call.output_shapes[0][-1] == len(
@@ -352,71 +356,11 @@ def _elementwise_flow(layer, call):
   return [call.merge()]
 
 
-def _fixed_flow(layer, call):
+def fixed_flow(layer, call):
   del layer
   for labels in call.inputs:
     call.fix(labels)
   return [call.fixed(width_of(s)) for s in call.output_shapes]
-
-
-def _axis_flow(fixes_when_over_channels):
-  """Elementwise unless the layer's `axis` covers the channels."""
-  def flow(layer, call):
-    x = call.inputs[0]
-    if fixes_when_over_channels(layer, call):
-      call.fix(x)
-    return [x]
-  return flow
-
-
-def _batchnorm_fixes(layer, call):
-  ndim = len(call.output_shapes[0]) + 1
-  return _normalised_axes(layer.axis, ndim) != [ndim - 1]
-
-
-def _axis_over_channels(layer, call):
-  return _over_channels(layer.axis, call.output_shapes[0])
-
-
-def _rescaling_fixes(layer, call):
-  del call
-  return bool(np.ndim(layer.scale) or np.ndim(layer.offset))
-
-
-def _activation_flow(layer, call):
-  return [_activation_fixes(layer, call.inputs[0], call)]
-
-
-def _flatten_flow(layer, call):
-  del layer
-  shape = call.input_shapes[0]
-  if any(d is None for d in shape):
-    call.unsupported(f"flattening a tensor of unknown shape {shape}")
-  return [np.tile(call.inputs[0], math.prod(shape[:-1]))]
-
-
-def _reshape_flow(layer, call):
-  in_shape, out_shape = call.input_shapes[0], call.output_shapes[0]
-  x = call.inputs[0]
-  if out_shape[-1] == in_shape[-1] and out_shape[-1] is not None:
-    return [x]  # row-major: the channel axis is preserved
-  if (None not in in_shape and out_shape[-1] == math.prod(in_shape) and
-      math.prod(out_shape[:-1]) == 1):  # flattening
-    return [np.tile(x, math.prod(in_shape[:-1]))]
-  return _fixed_flow(layer, call)
-
-
-def _permute_flow(layer, call):
-  if tuple(layer.dims)[-1] == len(layer.dims):
-    return [call.inputs[0]]
-  return _fixed_flow(layer, call)
-
-
-def _concatenate_flow(layer, call):
-  ndim = len(call.output_shapes[0]) + 1
-  if layer.axis % ndim == ndim - 1:
-    return [np.concatenate(call.inputs)]
-  return [call.merge()]
 
 
 def elementwise_op_flow(op, call):
@@ -431,78 +375,6 @@ def elementwise_op_flow(op, call):
   return [call.merge()]
 
 
-def _ops_concatenate_flow(op, call):
-  ndim = len(call.output_shapes[0]) + 1
-  if op.axis is not None and op.axis % ndim == ndim - 1:
-    return [np.concatenate(call.inputs)]
-  return [call.merge()]
-
-
-def _ops_pad_flow(op, call):
-  x = call.inputs[0]
-  pads = op.pad_width
-  ndim = len(call.input_shapes[0]) + 1
-  channel_pad = pads[-1] if len(pads) == ndim else pads[0]
-  if len(pads) not in (1, ndim) or tuple(channel_pad) != (0, 0):
-    return _fixed_flow(op, call)
-  return [x]
-
-
-def _ops_split_flow(op, call):
-  x = call.inputs[0]
-  ndim = len(call.input_shapes[0]) + 1
-  if op.axis % ndim != ndim - 1:
-    return [x for _ in call.output_shapes]
-  ends = np.cumsum([s[-1] for s in call.output_shapes])
-  return [x[end - s[-1]:end] for s, end in zip(call.output_shapes, ends)]
-
-
-def _ops_split_rebuild(op, masks):
-  """A Split at the kept offsets when it cuts the channel axis."""
-  outs = masks["outs"]
-  if len(outs) < 2 or sum(len(m) for m in outs) != len(masks["in"]):
-    return op  # a split along another axis
-  kept = [int(m.sum()) for m in outs]
-  if isinstance(op.indices_or_sections, int) and len(set(kept)) == 1:
-    return op
-  return type(op)([int(k) for k in np.cumsum(kept)[:-1]], axis=op.axis)
-
-
-def _ops_reduce_flow(op, call):
-  x = call.inputs[0]
-  if _over_channels(op.axis, call.input_shapes[0]):
-    return _fixed_flow(op, call)
-  return [x]
-
-
-def _ops_expand_squeeze_flow(op, call):
-  x = call.inputs[0]
-  in_shape, out_shape = call.input_shapes[0], call.output_shapes[0]
-  if out_shape and in_shape and out_shape[-1] == in_shape[-1] == len(x):
-    return [x]
-  return _fixed_flow(op, call)
-
-
-def _ops_reshape_flow(op, call):
-  """keras.ops.reshape keeps its `newshape` when the graph is rebuilt: only
-  a reshape that leaves the channel axis to Keras (-1 last, channels kept)
-  passes channels; others keep them whole."""
-  newshape = op.newshape if isinstance(op.newshape, (list, tuple)) else ()
-  x = call.inputs[0]
-  if (newshape and newshape[-1] == -1 and
-      call.output_shapes[0][-1] == call.input_shapes[0][-1] == len(x)):
-    return [x]
-  return _fixed_flow(op, call)
-
-
-def _ops_transpose_flow(op, call):
-  axes = op.axes
-  ndim = len(call.input_shapes[0]) + 1
-  if axes is not None and tuple(axes)[-1] % ndim == ndim - 1:
-    return [call.inputs[0]]
-  return _fixed_flow(op, call)
-
-
 def width_of(shape):
   """Channels of a per-example shape: its last axis, 1 where unknown or
   scalar (a single pseudo-channel)."""
@@ -511,245 +383,80 @@ def width_of(shape):
   return shape[-1] if shape[-1] is not None else 1
 
 
-# -- built-in MAC formulas ----------------------------------------------------
-
-
-def _positions(shape):
-  return math.prod(shape[:-1])
-
-
-def _conv_macs(layer, in_shape, out_shape):
-  c_in, c_out = in_shape[-1], out_shape[-1]
-  groups = getattr(layer, "groups", 1)
-  kernel_in = layer.kernel.shape[-2] if getattr(layer, "built", False) \
-      else None
-  if groups > 1 and kernel_in == 1:
-    groups = c_in  # a depthwise-like grouped conv shrinks with its input
-  return _positions(out_shape) * math.prod(layer.kernel_size) * (
-      c_in // groups) * c_out
-
-
-def _conv_transpose_macs(layer, in_shape, out_shape):
-  return (_positions(in_shape) * in_shape[-1] * out_shape[-1] *
-          math.prod(layer.kernel_size))
-
-
-def _depthwise_macs(layer, in_shape, out_shape):
-  del in_shape
-  return _positions(out_shape) * math.prod(layer.kernel_size) * out_shape[-1]
-
-
-def _separable_macs(layer, in_shape, out_shape):
-  mid = in_shape[-1] * layer.depth_multiplier
-  return _positions(out_shape) * (math.prod(layer.kernel_size) * mid +
-                                  mid * out_shape[-1])
-
-
-def _dense_macs(layer, in_shape, out_shape):
-  del layer
-  return _positions(out_shape) * in_shape[-1] * out_shape[-1]
-
-
-# -- built-in config rewrites -------------------------------------------------
-
-
-def _conv_config(layer, config, n_in, n_out):
-  config["filters"] = n_out
-  groups = getattr(layer, "groups", 1)
-  if groups > 1 and getattr(layer, "built", False) and \
-      layer.kernel.shape[-2] == 1:
-    config["groups"] = n_in
-  return config
-
-
-def _reshape_config(layer, config, n_in, n_out):
-  del layer, n_in
-  target = list(config["target_shape"])
-  if target[-1] != -1:  # with -1, Keras infers the size
-    config["target_shape"] = tuple(target[:-1]) + (n_out,)
-  return config
-
-
-# -- the built-in table -------------------------------------------------------
-
-
-_CONV_WEIGHTS = {"kernel": ((-2, "in"), (-1, "out")), "bias": ((0, "out"),)}
-_BN_WEIGHTS = {name: ((0, "out"),) for name in
-               ("gamma", "beta", "moving_mean", "moving_variance")}
-
-# Layers that act on each channel independently (or only move data in
-# space) and whose config does not depend on the channel count.
-_PER_CHANNEL_NAMES = (
-    "ReLU", "LeakyReLU", "ELU", "Dropout", "SpatialDropout1D",
-    "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
-    "AlphaDropout", "ActivityRegularization", "Identity", "Masking",
-    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D",
-    "AveragePooling2D", "AveragePooling3D", "GlobalAveragePooling1D",
-    "GlobalAveragePooling2D", "GlobalAveragePooling3D", "GlobalMaxPooling1D",
-    "GlobalMaxPooling2D", "GlobalMaxPooling3D", "ZeroPadding1D",
-    "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
-    "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D",
-    "RepeatVector", "AdaptiveAveragePooling1D", "AdaptiveAveragePooling2D",
-    "AdaptiveAveragePooling3D", "AdaptiveMaxPooling1D",
-    "AdaptiveMaxPooling2D", "AdaptiveMaxPooling3D",
-    # Preprocessing and augmentation that move pixels or treat each channel
-    # alike and independently (identities at inference).
-    "Resizing", "CenterCrop", "RandomFlip", "RandomRotation", "RandomZoom",
-    "RandomTranslation", "RandomCrop", "RandomShear", "RandomPerspective",
-    "RandomElasticTransform", "RandomContrast", "RandomBrightness",
-    "RandomInvert", "RandomPosterization", "RandomGaussianBlur",
-    "RandomSharpness", "Solarization", "RandomErasing",
-)
-# Layers that mix channels or whose per-channel behaviour depends on all
-# channels: kept whole (at a model's input they are fixed anyway).
-_MIXING_NAMES = (
-    "GroupNormalization", "Normalization", "RandomGrayscale", "RandomHue",
-    "RandomSaturation", "RandomColorJitter", "RandomColorDegeneration",
-    "AutoContrast", "Equalization", "RandAugment", "AugMix", "MixUp",
-    "CutMix", "Pipeline", "Embedding", "EinsumDense", "MultiHeadAttention",
-    "GroupQueryAttention", "Attention", "AdditiveAttention", "LSTM", "GRU",
-    "SimpleRNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D",
-    "TimeDistributed", "RNN", "SimpleRNNCell", "GRUCell", "LSTMCell",
-    "StackedRNNCells", "Dot", "Wrapper", "SpectralNormalization",
-    "CategoryEncoding", "Discretization", "Hashing", "HashedCrossing",
-    "IntegerLookup", "StringLookup", "TextVectorization", "MelSpectrogram",
-    "STFTSpectrogram", "ContrastLimitedAdaptiveHistogramEqualization",
-    "MaxNumBoundingBoxes", "TFSMLayer", "JaxLayer", "FlaxLayer",
-    "TorchModuleWrapper",
-)
-
-
-def _classes(*names):
-  """The keras.layers classes of these names that this Keras version has."""
-  return tuple(c for c in (getattr(_L, n, None) for n in names)
-               if c is not None)
-
-
-def _op_class(fn, *args, **kwargs):
-  """The keras.ops Operation class behind a public function (by tracing)."""
-  out = fn(*args, **kwargs)
-  out = keras.tree.flatten(out)[0]
-  return type(internals.history(out).operation)
-
-
-_BUILTINS_DONE = []
-
-
-def _register_builtins():  # pylint: disable=too-many-statements
-  """Fills the table once (lazily: no model building at import)."""
-  if _BUILTINS_DONE:
-    return
-  _BUILTINS_DONE.append(True)
-
-  def add(classes, rule):
-    for cls in classes:
-      _REGISTRY.setdefault(cls, rule)
-
-  conv = _classes("Conv1D", "Conv2D", "Conv3D")
-  add(conv, LayerRule(_conv_flow, _CONV_WEIGHTS, _conv_config, _conv_macs,
-                      filters=("kernel",), linear=True, data_format=True))
-  add(_classes("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"),
-      LayerRule(_producer_flow,
-                {"kernel": ((-2, "out"), (-1, "in")), "bias": ((0, "out"),)},
-                _width_config("filters"), _conv_transpose_macs,
-                filters=("kernel",), linear=True, data_format=True))
-  add(_classes("DepthwiseConv1D", "DepthwiseConv2D"),
-      LayerRule(_depthwise_flow,
-                {"kernel": ((-2, "in"), ("depthwise", "out")),
-                 "bias": ((0, "out"),)},
-                None, _depthwise_macs, filters=("kernel",), linear=True,
-                data_format=True))
-  add(_classes("SeparableConv1D", "SeparableConv2D"),
-      LayerRule(_producer_flow,
-                {"depthwise_kernel": ((-2, "in"),),
-                 "pointwise_kernel": ((-2, "mid"), (-1, "out")),
-                 "bias": ((0, "out"),)},
-                _width_config("filters"), _separable_macs,
-                filters=("pointwise_kernel",), linear=True, data_format=True))
-  add((_L.Dense,), LayerRule(
-      _producer_flow,
-      {"kernel": ((0, "in"), (1, "out")), "bias": ((0, "out"),)},
-      _width_config("units"), _dense_macs, filters=("kernel",), linear=True))
-  add((_L.BatchNormalization,), LayerRule(_axis_flow(_batchnorm_fixes),
-                                          _BN_WEIGHTS))
-  add((_L.PReLU,), LayerRule(ELEMENTWISE, {"alpha": ((-1, "out"),)}))
-  add((_L.Activation,), LayerRule(_activation_flow))
-  add(_classes("LayerNormalization", "UnitNormalization", "Softmax",
-               "RMSNormalization"),
-      LayerRule(_axis_flow(_axis_over_channels)))
-  add((_L.Rescaling,), LayerRule(_axis_flow(_rescaling_fixes)))
-  add(_classes(*_PER_CHANNEL_NAMES), LayerRule(ELEMENTWISE, data_format=True))
-  add(_classes(*_MIXING_NAMES), LayerRule(FIXED))
-  add((_L.Flatten,), LayerRule(_flatten_flow, data_format=True))
-  add((_L.Reshape,), LayerRule(_reshape_flow, config=_reshape_config))
-  add((_L.Permute,), LayerRule(_permute_flow))
-  add((_L.Concatenate,), LayerRule(_concatenate_flow))
-  add(_classes("Add", "Subtract", "Multiply", "Average", "Maximum",
-               "Minimum"), LayerRule(ELEMENTWISE))
-
-  # keras.ops functions recorded in functional graphs.
-  x = keras.KerasTensor((None, 4, 4))
-  unary = ["relu", "relu6", "sigmoid", "hard_sigmoid", "silu", "hard_silu",
-           "gelu", "tanh", "abs", "square", "sqrt", "exp", "negative", "elu",
-           "selu", "leaky_relu", "softplus", "softsign", "log_sigmoid",
-           "sign", "mish", "erf", "log", "reciprocal", "rsqrt", "floor",
-           "ceil", "round", "sin", "cos", "hard_tanh", "hard_shrink",
-           "soft_shrink", "tanh_shrink", "squareplus", "celu", "glu_",
-           "sparse_plus", "sparse_sigmoid", "relu_", "logical_not"]
-  binary = ["add", "subtract", "multiply", "divide", "true_divide",
-            "maximum", "minimum", "power", "floor_divide", "mod",
-            "greater", "less", "equal", "not_equal", "greater_equal",
-            "less_equal", "logical_and", "logical_or"]
-  elementwise_ops = set()
-  for name in unary + binary:
-    fn = getattr(keras.ops, name, None)
-    if fn is None:  # some exist only in newer Keras versions
-      continue
-    try:
-      elementwise_ops.add(_op_class(fn, *((x,) if name in unary else (x, x))))
-    except Exception:  # pylint: disable=broad-except
-      continue
-  elementwise_ops.add(_op_class(keras.ops.cast, x, "float16"))
-  elementwise_ops.add(_op_class(keras.ops.clip, x, 0.0, 1.0))
-  elementwise_ops.add(_op_class(keras.ops.where, x > 0, x, x))
-  add(sorted(elementwise_ops, key=lambda c: c.__name__),
-      LayerRule(elementwise_op_flow))
-  add((_op_class(keras.ops.concatenate, [x, x], axis=-1),),
-      LayerRule(_ops_concatenate_flow))
-  add((_op_class(keras.ops.pad, x, ((0, 0), (1, 1), (0, 0))),),
-      LayerRule(_ops_pad_flow))
-  add((_op_class(keras.ops.split, x, 2, axis=-1),),
-      LayerRule(_ops_split_flow, rebuild=_ops_split_rebuild))
-  reductions = [keras.ops.mean, keras.ops.max, keras.ops.min, keras.ops.sum]
-  add(tuple(_op_class(fn, x, axis=1) for fn in reductions),
-      LayerRule(_ops_reduce_flow))
-  add((_op_class(keras.ops.expand_dims, x, 1),
-       _op_class(keras.ops.squeeze, keras.KerasTensor((None, 1, 4)), 1)),
-      LayerRule(_ops_expand_squeeze_flow))
-  add((_op_class(keras.ops.transpose, x, (0, 2, 1)),),
-      LayerRule(_ops_transpose_flow))
-  image = keras.KerasTensor((None, 4, 4, 3))
-  add((_op_class(keras.ops.image.resize, image, (2, 2)),),
-      LayerRule(ELEMENTWISE))
-  add((_op_class(keras.ops.reshape, x, (-1, 16)),),
-      LayerRule(_ops_reshape_flow))
-
-
-@functools.lru_cache(maxsize=None)
-def residual_merges():
-  """Layer and keras.ops classes of sum-like merges (Add, Subtract, Average,
-  Maximum, Minimum; not Multiply): what makes a channel group residual."""
-  x = keras.KerasTensor((None, 4))
-  ops = tuple(_op_class(fn, x, x) for fn in (
-      keras.ops.add, keras.ops.subtract, keras.ops.maximum, keras.ops.minimum))
-  return _classes("Add", "Subtract", "Average", "Maximum", "Minimum") + ops
-
-
-_STRING_FLOWS = {ELEMENTWISE: _elementwise_flow, FIXED: _fixed_flow,
-                 PRODUCE: _producer_flow}
+_STRING_FLOWS = {ELEMENTWISE: elementwise_flow, FIXED: fixed_flow,
+                 PRODUCE: producer_flow}
 
 
 def flow_of(rule):
   """The flow function of a rule (strings resolved)."""
   return _STRING_FLOWS.get(rule.channels, rule.channels) \
       if isinstance(rule.channels, str) else rule.channels
+
+
+# -- queries: what the other modules ask of a layer ---------------------------
+
+
+def follows(call, producer):
+  """Whether `call` simply follows `producer` in cost: a follower layer
+  (BatchNormalization over the channels, an activation other than softmax)
+  with one input and the producer's output shape."""
+  op = call.op
+  if not call.rule.follower or len(call.node.input_tensors) != 1:
+    return False
+  if tuple(call.out_shapes[0]) != tuple(producer.out_shapes[0]):
+    return False
+  if hasattr(op, "axis") and not over_channels_only(op.axis,
+                                                    call.out_shapes[0]):
+    return False
+  return not is_softmax(op)
+
+
+def folds_into(producer, batchnorm, shape):
+  """Whether `batchnorm`, over the channels of a tensor of per-example
+  `shape`, can be folded into the linear layer `producer` before it."""
+  return (rule_of(producer).linear and
+          getattr(producer, "activation", None) is keras.activations.linear
+          and getattr(producer, "data_format", "channels_last") ==
+          "channels_last" and over_channels_only(batchnorm.axis, shape))
+
+
+def rule_of(layer):
+  """The registry rule of a layer, or an empty (fixed) one."""
+  return rule_for(type(layer)) or IGNORED
+
+
+def output_axis(layer, weight_name):
+  """Axis of `weight_name` that follows the layer's output channels, or None.
+
+  Returns "depthwise" for a depthwise kernel ``(..., C, m)``, whose output
+  channel ``c * m + k`` is the slice ``[..., c, k]``.
+  """
+  return rule_of(layer).output_axis(weight_name)
+
+
+def output_filters(layer):
+  """The weights that produce each output channel of a layer.
+
+  Args:
+    layer: A Keras layer.
+
+  Returns:
+    An array of shape ``(output channels, weights per channel)`` with the
+    filter weights of each output channel, for layers whose rule names
+    filters (convolutions of every kind, Dense), or None for the others.
+  """
+  rule = rule_of(layer)
+  for weight in layer.weights:
+    if weight.name in rule.filters:
+      return per_output_channel(keras.ops.convert_to_numpy(weight),
+                                rule.output_axis(weight.name))
+  return None
+
+
+def per_output_channel(value, axis):
+  """Reshapes a weight to ``(output channels, rest)`` (NumPy)."""
+  if axis == "depthwise":
+    value = value.reshape(*value.shape[:-2], -1)  # (..., C*m), c-major
+    axis = -1
+  value = np.moveaxis(value, axis, 0)
+  return value.reshape(value.shape[0], -1)

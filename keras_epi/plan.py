@@ -24,7 +24,7 @@ class ResolvedPlan:
 
   def __init__(self, analysis, keep):
     self.analysis = analysis
-    self.removed = analysis.removed_labels(keep)
+    self.removed = removed_labels(analysis, keep)
     self._masks = {}
 
   def mask(self, labels):
@@ -130,3 +130,45 @@ def call_macs(call, masks=None):
     out_shape[-1] = int(masks["out"].sum())
   return int(rule.macs(call.op, tuple(in_shape), tuple(out_shape)))
 
+
+def removed_labels(analysis, keep):
+  """Which root labels to remove for a `keep` mapping, as a boolean array
+  indexed by label; validates `keep`."""
+  if not hasattr(keep, "items"):
+    raise ValueError(
+        "`keep` must map group names to the channel indices to keep, "
+        f"received {type(keep).__name__}.")
+  removed = []
+  for name, indices in keep.items():
+    if name not in analysis.classes:
+      known = list(analysis.classes)
+      raise ValueError(
+          f"`keep` names group {name!r}, which model '{analysis.model.name}' "
+          f"does not have. Its groups are {known[:10]}"
+          f"{'...' if len(known) > 10 else ''} (see keras_epi.channel_groups"
+          "; pass the same `ignore` to both).")
+    classes = analysis.classes[name]
+    if isinstance(indices, (set, frozenset)):
+      indices = sorted(indices)
+    idx = np.asarray(list(indices) if isinstance(indices, range)
+                     else indices)
+    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype,
+                                                         np.integer)):
+      raise ValueError(
+          f"`keep[{name!r}]` must be a 1-D sequence of integer channel "
+          f"indices, received {indices!r}.")
+    if idx.size == 0:
+      raise ValueError(
+          f"`keep[{name!r}]` is empty: a group must keep at least one "
+          "channel. Leave the group out of `keep` to keep it whole.")
+    if idx.min() < 0 or idx.max() >= len(classes):
+      raise ValueError(
+          f"`keep[{name!r}]` has indices outside [0, {len(classes)}): "
+          f"{idx[(idx < 0) | (idx >= len(classes))].tolist()}.")
+    if len(np.unique(idx)) != idx.size:
+      raise ValueError(f"`keep[{name!r}]` has repeated indices.")
+    removed.append(np.delete(classes, idx))
+  flags = np.zeros(analysis.num_labels, dtype=bool)
+  for labels in removed:
+    flags[labels] = True
+  return flags

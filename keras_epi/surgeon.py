@@ -13,9 +13,9 @@ from absl import logging
 import keras
 import numpy as np
 
+from keras_epi import _functional as functional
 from keras_epi import _keras_internals as internals
 from keras_epi import graph
-from keras_epi import layers as layers_lib
 from keras_epi import plan as plan_lib
 
 _L = keras.layers
@@ -89,7 +89,7 @@ class Surgeon:
       shape = list(tensor.shape[1:])
       if lab is not None and shape:
         shape[-1] = int(self.plan.mask(lab).sum())
-      inputs.append(graph.new_input(tensor, shape))
+      inputs.append(functional.new_input(tensor, shape))
 
     def operation_for(op):
       path = prefix + op.name
@@ -114,7 +114,7 @@ class Surgeon:
         return call_expansion
       return new
 
-    new = graph.rebuild(model, inputs, operation_for, call_for)
+    new = functional.rebuild(model, inputs, operation_for, call_for)
     self._models[id(model)] = new
     if not prefix:
       self._load_weights()
@@ -147,7 +147,7 @@ class Surgeon:
     if call.rule.auto:
       new = self._probed_layer(call, config, masks)
     else:
-      new = layer_from_config(layer, config)
+      new = functional.layer_from_config(layer, config)
     self._layers[path] = (layer, new)
     return new
 
@@ -168,7 +168,7 @@ class Surgeon:
       if key is not None:
         trial[key] = int(masks["out"].sum())
       try:
-        new = layer_from_config(layer, trial)
+        new = functional.layer_from_config(layer, trial)
         new.build(shapes[0] if len(shapes) == 1 else shapes)
       except Exception:  # pylint: disable=broad-except
         continue
@@ -224,59 +224,3 @@ class Surgeon:
             "pass the layer in `ignore=` meanwhile.")
       new.assign(value)
     logging.vlog(1, "keras_epi: rebuilt %d layers", len(self._layers))
-
-
-def layer_from_config(layer, config):
-  """A new, unbuilt layer of `layer`'s class made from `config`. Internal."""
-  if isinstance(layer, _L.Lambda):
-    # from_config refuses Python lambdas in safe mode; this one is the
-    # caller's own object, so reuse its function.
-    return _L.Lambda(name=config["name"], dtype=config.get("dtype"),
-                     trainable=config["trainable"],
-                     **internals.lambda_config(layer))
-  return type(layer).from_config(config)
-
-
-def rule_of(layer):
-  """The registry rule of a layer, or an empty one (internal)."""
-  return layers_lib.rule_for(type(layer)) or _NO_RULE
-
-
-_NO_RULE = layers_lib.LayerRule(layers_lib.FIXED)
-
-
-def output_axis(layer, weight_name):
-  """Axis of `weight_name` that follows the layer's output channels, or None.
-
-  Returns "depthwise" for a depthwise kernel ``(..., C, m)``, whose output
-  channel ``c * m + k`` is the slice ``[..., c, k]``.
-  """
-  return rule_of(layer).output_axis(weight_name)
-
-
-def output_filters(layer):
-  """The weights that produce each output channel of a layer.
-
-  Args:
-    layer: A Keras layer.
-
-  Returns:
-    An array of shape ``(output channels, weights per channel)`` with the
-    filter weights of each output channel, for layers whose rule names
-    filters (convolutions of every kind, Dense), or None for the others.
-  """
-  rule = rule_of(layer)
-  for weight in layer.weights:
-    if weight.name in rule.filters:
-      return per_output_channel(keras.ops.convert_to_numpy(weight),
-                                rule.output_axis(weight.name))
-  return None
-
-
-def per_output_channel(value, axis):
-  """Reshapes a weight to ``(output channels, rest)`` (NumPy)."""
-  if axis == "depthwise":
-    value = value.reshape(*value.shape[:-2], -1)  # (..., C*m), c-major
-    axis = -1
-  value = np.moveaxis(value, axis, 0)
-  return value.reshape(value.shape[0], -1)

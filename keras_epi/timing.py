@@ -242,13 +242,16 @@ def machine_info():
   return info
 
 
+MACHINE_KEYS = ("cpu_model", "processor", "machine", "cpu_count",
+                "usable_cpus", "platform", "keras", "backend",
+                "backend_version")
+
+
 def same_machine(a, b):
   """Whether two `machine_info` records describe the same machine and
-  software (CPU model, cores, platform and the Keras/backend versions), so
-  that timings taken on one stand for the other."""
-  keys = ("cpu_model", "processor", "machine", "cpu_count", "usable_cpus",
-          "platform", "keras", "backend", "backend_version")
-  return all(a.get(k) == b.get(k) for k in keys)
+  software (`MACHINE_KEYS`: CPU model, cores, platform and the Keras and
+  backend versions), so that timings taken on one stand for the other."""
+  return all(a.get(k) == b.get(k) for k in MACHINE_KEYS)
 
 
 def _version(package):

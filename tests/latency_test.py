@@ -16,6 +16,7 @@ import pytest
 
 import keras_epi
 from keras_epi import latency
+from keras_epi import latency_measure
 
 L = keras.layers
 
@@ -248,30 +249,30 @@ def test_calibration_fit_is_the_least_squares_line():
   # Whole = 0.8 * layers + 2 ms exactly: the line is recovered.
   points = [{"fraction": f, "layer_seconds": x, "whole_seconds": 0.8 * x +
              0.002} for f, x in [(1.0, 0.1), (0.5, 0.05), (0.25, 0.02)]]
-  assert latency._fit(points) == pytest.approx((0.8, 0.002))
+  assert latency_measure.fit_calibration(points) == pytest.approx((0.8, 0.002))
   # Off the line, it still passes through the dense (first) point and has
   # the least-squares slope of the others about it: points (-1, -1.2) and
   # (-2, -1.4) about it give slope (1.2 + 2.8) / (1 + 4) = 0.8.
   noisy = [{"layer_seconds": x, "whole_seconds": y}
            for x, y in [(3.0, 5.0), (2.0, 3.8), (1.0, 3.6)]]
-  scale, fixed = latency._fit(noisy)
+  scale, fixed = latency_measure.fit_calibration(noisy)
   assert scale == pytest.approx(0.8)
   assert scale * 3.0 + fixed == pytest.approx(5.0)
   # One point, or times that fall as the layers grow: scale 1 and the
   # dense point's difference.
-  assert latency._fit(points[:1]) == pytest.approx((1.0, 0.1 * -0.2 + 0.002))
+  assert latency_measure.fit_calibration(points[:1]) == pytest.approx((1.0, 0.1 * -0.2 + 0.002))
   falling = [dict(p, whole_seconds=1.0 - p["layer_seconds"]) for p in points]
-  assert latency._fit(falling) == pytest.approx((1.0, 0.9 - 0.1))
+  assert latency_measure.fit_calibration(falling) == pytest.approx((1.0, 0.9 - 0.1))
 
 
 def test_grid_widths_are_multiples_of_round_to():
   # The narrowest width a plan can give (round_to) is always timed.
-  assert latency._grid(24, 1, [0.25, 0.5, 0.75, 1.0], 8) == [8, 16, 24]
-  assert latency._grid(24, 1, [0.25, 0.5, 0.75, 1.0]) == [1, 6, 12, 18, 24]
-  assert latency._grid(64, 1, [0.5, 1.0], 8) == [8, 32, 64]
-  assert latency._grid(4, 1, [0.25, 1.0], 8) == [4]  # narrower than 8
-  assert latency._grid(20, 1, [0.1, 1.0], 8) == [8, 20]  # at least 8
-  assert latency._grid(24, 12, [0.25, 1.0], 8) == [12, 24]  # fixed channels
+  assert latency_measure.width_grid(24, 1, [0.25, 0.5, 0.75, 1.0], 8) == [8, 16, 24]
+  assert latency_measure.width_grid(24, 1, [0.25, 0.5, 0.75, 1.0]) == [1, 6, 12, 18, 24]
+  assert latency_measure.width_grid(64, 1, [0.5, 1.0], 8) == [8, 32, 64]
+  assert latency_measure.width_grid(4, 1, [0.25, 1.0], 8) == [4]  # narrower than 8
+  assert latency_measure.width_grid(20, 1, [0.1, 1.0], 8) == [8, 20]  # at least 8
+  assert latency_measure.width_grid(24, 12, [0.25, 1.0], 8) == [12, 24]  # fixed channels
 
 
 @pytest.mark.parametrize("calibrate", [(1.0,), (-0.1, 0.5), "0.5", 0.5])
@@ -577,3 +578,49 @@ def test_epi_callback_with_a_latency_budget():
   predicted = table.predict(cb.pruned_model)
   assert predicted == pytest.approx(table.predict(model, cb.keep))
   assert predicted <= 0.6 * table.predict(model)
+
+
+def test_a_table_refuses_a_wider_model_it_was_not_measured_for():
+  table = synthetic_table()
+  keras.utils.set_random_seed(0)
+  x = keras.Input((8, 8, 3))
+  h = L.Conv2D(32, 3, padding="same", name="stem")(x)  # 8 in the table
+  h = L.ReLU(name="stem_relu")(L.BatchNormalization(name="stem_bn")(h))
+  a = L.Conv2D(64, 3, padding="same", name="c1")(h)
+  a = L.DepthwiseConv2D(3, padding="same", name="dw")(a)
+  b = L.Conv2D(32, 1, name="c2")(a)
+  h = L.Add(name="add")([h, b])
+  wide = keras.Model(x, L.Dense(4, name="fc")(L.GlobalAveragePooling2D()(h)))
+  with pytest.raises(ValueError, match=r"Layer 'stem' \(Conv2D\).*widths "
+                     r"\(3, 32\), wider than the table measured .*another "
+                     r"model \('synthetic'\)"):
+    table.predict(wide)
+  # The model it was measured on, and its pruned models, are predicted.
+  model = tiny_model()
+  assert table.predict(model) > table.predict(
+      keras_epi.prune_model(model, {"c1": np.arange(8)}))
+
+
+def test_measure_reads_back_a_table_of_the_same_model_and_machine(tmp_path):
+  model = tiny_model()
+  settings = dict(batch_size=2, widths=(0.5, 1.0), repeats=1, warmup=0,
+                  calibrate=())
+  first = keras_epi.LatencyTable.measure(model, cache_dir=tmp_path,
+                                         **settings)
+  assert "cached_from" not in first.metadata
+  again = keras_epi.LatencyTable.measure(tiny_model(), cache_dir=tmp_path,
+                                         **settings)
+  assert again.metadata["cached_from"].startswith(str(tmp_path))
+  assert again.entries.keys() == first.entries.keys()
+  for key, entry in first.entries.items():
+    np.testing.assert_array_equal(again.entries[key]["seconds"],
+                                  entry["seconds"])
+  assert again.fixed == first.fixed and again.scale == first.scale
+  # Another batch size, or another model, is measured anew.
+  other = keras_epi.LatencyTable.measure(
+      model, cache_dir=tmp_path, **dict(settings, batch_size=3))
+  assert "cached_from" not in other.metadata
+  larger = keras_epi.LatencyTable.measure(tiny_model(size=12),
+                                          cache_dir=tmp_path, **settings)
+  assert "cached_from" not in larger.metadata
+  assert len(list(tmp_path.iterdir())) == 3

@@ -181,12 +181,12 @@ def test_probe_tells_elementwise_from_mixing():
   flip = L.Lambda(lambda t: t[..., ::-1], name="flip")
   double = L.Lambda(lambda t: 2.0 * t + 1.0, name="double")
   model = keras.Model(x, [flip(x), double(x)])
-  nodes = {n.operation.name: n for n in keras_epi.graph.topological_nodes(
+  nodes = {n.operation.name: n for n in keras_epi._functional.topological_nodes(
       model) if n.operation.name in ("flip", "double")}
   shapes = [(4, 4, 6)]
-  assert not keras_epi.graph.probe_elementwise(flip, nodes["flip"], shapes,
+  assert not keras_epi._probe.probe_elementwise(flip, nodes["flip"], shapes,
                                                shapes)
-  assert keras_epi.graph.probe_elementwise(double, nodes["double"], shapes,
+  assert keras_epi._probe.probe_elementwise(double, nodes["double"], shapes,
                                            shapes)
 
 

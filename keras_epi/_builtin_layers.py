@@ -1,0 +1,434 @@
+"""The built-in table of the layer registry (internal): one rule per Keras
+layer family and keras.ops operation, with its flow function, MAC formula
+and config rewrite. `keras_epi.layers` loads it on the first lookup; a
+user's `keras_epi.register_layer` takes precedence for the same class.
+"""
+
+import math
+
+import keras
+import numpy as np
+
+from keras_epi import _keras_internals as internals
+from keras_epi import layers
+
+_L = keras.layers
+_Rule = layers.LayerRule
+
+
+# -- flows --------------------------------------------------------------------
+
+
+def _normalised_axes(axis, ndim):
+  axes = axis if isinstance(axis, (list, tuple)) else [axis]
+  return sorted(a % ndim for a in axes)
+
+
+def _over_channels(axis, shape):
+  """Whether `axis` (of a per-example `shape`, batch added) includes the
+  channel axis."""
+  ndim = len(shape) + 1
+  if axis is None:
+    return True
+  return ndim - 1 in _normalised_axes(axis, ndim)
+
+
+def _conv_flow(layer, call):
+  x = call.inputs[0]
+  groups = getattr(layer, "groups", 1)
+  if groups == 1:
+    out = call.produce(layer.filters)
+  elif groups == len(x):  # depthwise-like: out channel j reads input j//m
+    out = np.repeat(x, layer.filters // groups)
+  else:  # general grouped conv: each group must keep equal widths
+    call.fix(x)
+    out = call.produce(layer.filters)
+    call.fix(out)
+  return [layers.activation_fixes(layer, out, call)]
+
+
+def _depthwise_flow(layer, call):
+  out = np.repeat(call.inputs[0], layer.depth_multiplier)
+  return [layers.activation_fixes(layer, out, call)]
+
+
+def _axis_flow(fixes_when_over_channels):
+  """Elementwise unless the layer's `axis` covers the channels."""
+  def flow(layer, call):
+    x = call.inputs[0]
+    if fixes_when_over_channels(layer, call):
+      call.fix(x)
+    return [x]
+  return flow
+
+
+def _batchnorm_fixes(layer, call):
+  return not layers.over_channels_only(layer.axis, call.output_shapes[0])
+
+
+def _axis_over_channels(layer, call):
+  return _over_channels(layer.axis, call.output_shapes[0])
+
+
+def _rescaling_fixes(layer, call):
+  del call
+  return bool(np.ndim(layer.scale) or np.ndim(layer.offset))
+
+
+def _activation_flow(layer, call):
+  return [layers.activation_fixes(layer, call.inputs[0], call)]
+
+
+def _flatten_flow(layer, call):
+  del layer
+  shape = call.input_shapes[0]
+  if any(d is None for d in shape):
+    call.unsupported(f"flattening a tensor of unknown shape {shape}")
+  return [np.tile(call.inputs[0], math.prod(shape[:-1]))]
+
+
+def _reshape_flow(layer, call):
+  in_shape, out_shape = call.input_shapes[0], call.output_shapes[0]
+  x = call.inputs[0]
+  if out_shape[-1] == in_shape[-1] and out_shape[-1] is not None:
+    return [x]  # row-major: the channel axis is preserved
+  if (None not in in_shape and out_shape[-1] == math.prod(in_shape) and
+      math.prod(out_shape[:-1]) == 1):  # flattening
+    return [np.tile(x, math.prod(in_shape[:-1]))]
+  return layers.fixed_flow(layer, call)
+
+
+def _permute_flow(layer, call):
+  if tuple(layer.dims)[-1] == len(layer.dims):
+    return [call.inputs[0]]
+  return layers.fixed_flow(layer, call)
+
+
+def _concatenate_flow(layer, call):
+  ndim = len(call.output_shapes[0]) + 1
+  if layer.axis % ndim == ndim - 1:
+    return [np.concatenate(call.inputs)]
+  return [call.merge()]
+
+
+def _ops_concatenate_flow(op, call):
+  ndim = len(call.output_shapes[0]) + 1
+  if op.axis is not None and op.axis % ndim == ndim - 1:
+    return [np.concatenate(call.inputs)]
+  return [call.merge()]
+
+
+def _ops_pad_flow(op, call):
+  x = call.inputs[0]
+  pads = op.pad_width
+  ndim = len(call.input_shapes[0]) + 1
+  channel_pad = pads[-1] if len(pads) == ndim else pads[0]
+  if len(pads) not in (1, ndim) or tuple(channel_pad) != (0, 0):
+    return layers.fixed_flow(op, call)
+  return [x]
+
+
+def _ops_split_flow(op, call):
+  x = call.inputs[0]
+  ndim = len(call.input_shapes[0]) + 1
+  if op.axis % ndim != ndim - 1:
+    return [x for _ in call.output_shapes]
+  ends = np.cumsum([s[-1] for s in call.output_shapes])
+  return [x[end - s[-1]:end] for s, end in zip(call.output_shapes, ends)]
+
+
+def _ops_split_rebuild(op, masks):
+  """A Split at the kept offsets when it cuts the channel axis."""
+  outs = masks["outs"]
+  if len(outs) < 2 or sum(len(m) for m in outs) != len(masks["in"]):
+    return op  # a split along another axis
+  kept = [int(m.sum()) for m in outs]
+  if isinstance(op.indices_or_sections, int) and len(set(kept)) == 1:
+    return op
+  return type(op)([int(k) for k in np.cumsum(kept)[:-1]], axis=op.axis)
+
+
+def _ops_reduce_flow(op, call):
+  x = call.inputs[0]
+  if _over_channels(op.axis, call.input_shapes[0]):
+    return layers.fixed_flow(op, call)
+  return [x]
+
+
+def _ops_expand_squeeze_flow(op, call):
+  x = call.inputs[0]
+  in_shape, out_shape = call.input_shapes[0], call.output_shapes[0]
+  if out_shape and in_shape and out_shape[-1] == in_shape[-1] == len(x):
+    return [x]
+  return layers.fixed_flow(op, call)
+
+
+def _ops_reshape_flow(op, call):
+  """keras.ops.reshape keeps its `newshape` when the graph is rebuilt: only
+  a reshape that leaves the channel axis to Keras (-1 last, channels kept)
+  passes channels; others keep them whole."""
+  newshape = op.newshape if isinstance(op.newshape, (list, tuple)) else ()
+  x = call.inputs[0]
+  if (newshape and newshape[-1] == -1 and
+      call.output_shapes[0][-1] == call.input_shapes[0][-1] == len(x)):
+    return [x]
+  return layers.fixed_flow(op, call)
+
+
+def _ops_transpose_flow(op, call):
+  axes = op.axes
+  ndim = len(call.input_shapes[0]) + 1
+  if axes is not None and tuple(axes)[-1] % ndim == ndim - 1:
+    return [call.inputs[0]]
+  return layers.fixed_flow(op, call)
+
+
+# -- built-in MAC formulas ----------------------------------------------------
+
+
+def _positions(shape):
+  return math.prod(shape[:-1])
+
+
+def _conv_macs(layer, in_shape, out_shape):
+  c_in, c_out = in_shape[-1], out_shape[-1]
+  groups = getattr(layer, "groups", 1)
+  kernel_in = layer.kernel.shape[-2] if getattr(layer, "built", False) \
+      else None
+  if groups > 1 and kernel_in == 1:
+    groups = c_in  # a depthwise-like grouped conv shrinks with its input
+  return _positions(out_shape) * math.prod(layer.kernel_size) * (
+      c_in // groups) * c_out
+
+
+def _conv_transpose_macs(layer, in_shape, out_shape):
+  return (_positions(in_shape) * in_shape[-1] * out_shape[-1] *
+          math.prod(layer.kernel_size))
+
+
+def _depthwise_macs(layer, in_shape, out_shape):
+  del in_shape
+  return _positions(out_shape) * math.prod(layer.kernel_size) * out_shape[-1]
+
+
+def _separable_macs(layer, in_shape, out_shape):
+  mid = in_shape[-1] * layer.depth_multiplier
+  return _positions(out_shape) * (math.prod(layer.kernel_size) * mid +
+                                  mid * out_shape[-1])
+
+
+def _dense_macs(layer, in_shape, out_shape):
+  del layer
+  return _positions(out_shape) * in_shape[-1] * out_shape[-1]
+
+
+# -- built-in config rewrites -------------------------------------------------
+
+
+def _conv_config(layer, config, n_in, n_out):
+  config["filters"] = n_out
+  groups = getattr(layer, "groups", 1)
+  if groups > 1 and getattr(layer, "built", False) and \
+      layer.kernel.shape[-2] == 1:
+    config["groups"] = n_in
+  return config
+
+
+def _reshape_config(layer, config, n_in, n_out):
+  del layer, n_in
+  target = list(config["target_shape"])
+  if target[-1] != -1:  # with -1, Keras infers the size
+    config["target_shape"] = tuple(target[:-1]) + (n_out,)
+  return config
+
+
+# -- the built-in table -------------------------------------------------------
+
+
+_CONV_WEIGHTS = {"kernel": ((-2, "in"), (-1, "out")), "bias": ((0, "out"),)}
+_BN_WEIGHTS = {name: ((0, "out"),) for name in
+               ("gamma", "beta", "moving_mean", "moving_variance")}
+
+# Layers that act on each channel independently (or only move data in
+# space) and whose config does not depend on the channel count.
+_PER_CHANNEL_NAMES = (
+    "ReLU", "LeakyReLU", "ELU", "Dropout", "SpatialDropout1D",
+    "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise", "GaussianDropout",
+    "AlphaDropout", "ActivityRegularization", "Identity", "Masking",
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D",
+    "AveragePooling2D", "AveragePooling3D", "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D", "GlobalAveragePooling3D", "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D", "GlobalMaxPooling3D", "ZeroPadding1D",
+    "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
+    "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D",
+    "RepeatVector", "AdaptiveAveragePooling1D", "AdaptiveAveragePooling2D",
+    "AdaptiveAveragePooling3D", "AdaptiveMaxPooling1D",
+    "AdaptiveMaxPooling2D", "AdaptiveMaxPooling3D",
+    # Preprocessing and augmentation that move pixels or treat each channel
+    # alike and independently (identities at inference).
+    "Resizing", "CenterCrop", "RandomFlip", "RandomRotation", "RandomZoom",
+    "RandomTranslation", "RandomCrop", "RandomShear", "RandomPerspective",
+    "RandomElasticTransform", "RandomContrast", "RandomBrightness",
+    "RandomInvert", "RandomPosterization", "RandomGaussianBlur",
+    "RandomSharpness", "Solarization", "RandomErasing",
+)
+# Layers that mix channels or whose per-channel behaviour depends on all
+# channels: kept whole (at a model's input they are fixed anyway).
+_MIXING_NAMES = (
+    "GroupNormalization", "Normalization", "RandomGrayscale", "RandomHue",
+    "RandomSaturation", "RandomColorJitter", "RandomColorDegeneration",
+    "AutoContrast", "Equalization", "RandAugment", "AugMix", "MixUp",
+    "CutMix", "Pipeline", "Embedding", "EinsumDense", "MultiHeadAttention",
+    "GroupQueryAttention", "Attention", "AdditiveAttention", "LSTM", "GRU",
+    "SimpleRNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D",
+    "TimeDistributed", "RNN", "SimpleRNNCell", "GRUCell", "LSTMCell",
+    "StackedRNNCells", "Dot", "Wrapper", "SpectralNormalization",
+    "CategoryEncoding", "Discretization", "Hashing", "HashedCrossing",
+    "IntegerLookup", "StringLookup", "TextVectorization", "MelSpectrogram",
+    "STFTSpectrogram", "ContrastLimitedAdaptiveHistogramEqualization",
+    "MaxNumBoundingBoxes", "TFSMLayer", "JaxLayer", "FlaxLayer",
+    "TorchModuleWrapper",
+)
+
+
+def _classes(*names):
+  """The keras.layers classes of these names that this Keras version has."""
+  return tuple(c for c in (getattr(_L, n, None) for n in names)
+               if c is not None)
+
+
+def _op_class(fn, *args, **kwargs):
+  """The keras.ops Operation class behind a public function (by tracing)."""
+  out = fn(*args, **kwargs)
+  out = keras.tree.flatten(out)[0]
+  return type(internals.history(out).operation)
+
+
+def register():  # pylint: disable=too-many-statements
+  """Fills the registry with the built-in rules (`layers.rule_for` calls
+  it once, lazily: keras.ops are traced here, not at import)."""
+
+  def add(classes, rule):
+    for cls in classes:
+      layers.add_builtin(cls, rule)
+
+  conv = _classes("Conv1D", "Conv2D", "Conv3D")
+  add(
+      conv,
+      _Rule(_conv_flow, _CONV_WEIGHTS, _conv_config, _conv_macs,
+            filters=("kernel",), linear=True, data_format=True))
+  add(
+      _classes("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"),
+      _Rule(layers.producer_flow, {
+          "kernel": ((-2, "out"), (-1, "in")),
+          "bias": ((0, "out"),)
+      }, layers.width_config("filters"), _conv_transpose_macs,
+            filters=("kernel",), linear=True, data_format=True))
+  add(
+      _classes("DepthwiseConv1D", "DepthwiseConv2D"),
+      _Rule(_depthwise_flow, {
+          "kernel": ((-2, "in"), ("depthwise", "out")),
+          "bias": ((0, "out"),)
+      }, None, _depthwise_macs, filters=("kernel",), linear=True,
+            data_format=True))
+  add(
+      _classes("SeparableConv1D", "SeparableConv2D"),
+      _Rule(
+          layers.producer_flow, {
+              "depthwise_kernel": ((-2, "in"),),
+              "pointwise_kernel": ((-2, "mid"), (-1, "out")),
+              "bias": ((0, "out"),)
+          }, layers.width_config("filters"), _separable_macs,
+          filters=("pointwise_kernel",), linear=True, data_format=True))
+  add((_L.Dense,),
+      _Rule(layers.producer_flow, {
+          "kernel": ((0, "in"), (1, "out")),
+          "bias": ((0, "out"),)
+      }, layers.width_config("units"), _dense_macs, filters=("kernel",),
+            linear=True))
+  add((_L.BatchNormalization,),
+      _Rule(_axis_flow(_batchnorm_fixes), _BN_WEIGHTS, follower=True))
+  add((_L.PReLU,), _Rule(layers.ELEMENTWISE, {"alpha": ((-1, "out"),)}))
+  add((_L.Activation,), _Rule(_activation_flow, follower=True))
+  add(_classes("ReLU", "LeakyReLU", "ELU"),
+      _Rule(layers.ELEMENTWISE, data_format=True, follower=True))
+  add(
+      _classes("LayerNormalization", "UnitNormalization", "Softmax",
+               "RMSNormalization"), _Rule(_axis_flow(_axis_over_channels)))
+  add((_L.Rescaling,), _Rule(_axis_flow(_rescaling_fixes)))
+  add(_classes(*_PER_CHANNEL_NAMES), _Rule(layers.ELEMENTWISE,
+                                           data_format=True))
+  add(_classes(*_MIXING_NAMES), _Rule(layers.FIXED))
+  add((_L.Flatten,), _Rule(_flatten_flow, data_format=True))
+  add((_L.Reshape,), _Rule(_reshape_flow, config=_reshape_config))
+  add((_L.Permute,), _Rule(_permute_flow))
+  add((_L.Concatenate,), _Rule(_concatenate_flow))
+  merges = _residual_merges()
+  add([m for m in merges if issubclass(m, _L.Layer)],
+      _Rule(layers.ELEMENTWISE, residual=True))
+  add([m for m in merges if not issubclass(m, _L.Layer)],
+      _Rule(layers.elementwise_op_flow, residual=True))
+  add((_L.Multiply,), _Rule(layers.ELEMENTWISE))
+
+  # keras.ops functions recorded in functional graphs.
+  x = keras.KerasTensor((None, 4, 4))
+  unary = [
+      "relu", "relu6", "sigmoid", "hard_sigmoid", "silu", "hard_silu", "gelu",
+      "tanh", "abs", "square", "sqrt", "exp", "negative", "elu", "selu",
+      "leaky_relu", "softplus", "softsign", "log_sigmoid", "sign", "mish",
+      "erf", "log", "reciprocal", "rsqrt", "floor", "ceil", "round", "sin",
+      "cos", "hard_tanh", "hard_shrink", "soft_shrink", "tanh_shrink",
+      "squareplus", "celu", "glu_", "sparse_plus", "sparse_sigmoid", "relu_",
+      "logical_not"
+  ]
+  binary = [
+      "add", "subtract", "multiply", "divide", "true_divide", "maximum",
+      "minimum", "power", "floor_divide", "mod", "greater", "less", "equal",
+      "not_equal", "greater_equal", "less_equal", "logical_and", "logical_or"
+  ]
+  elementwise_ops = set()
+  for name in unary + binary:
+    fn = getattr(keras.ops, name, None)
+    if fn is None:  # some exist only in newer Keras versions
+      continue
+    try:
+      elementwise_ops.add(_op_class(fn, *((x,) if name in unary else (x, x))))
+    except Exception:  # pylint: disable=broad-except
+      continue
+  elementwise_ops.add(_op_class(keras.ops.cast, x, "float16"))
+  elementwise_ops.add(_op_class(keras.ops.clip, x, 0.0, 1.0))
+  elementwise_ops.add(_op_class(keras.ops.where, x > 0, x, x))
+  add(sorted(elementwise_ops, key=lambda c: c.__name__),
+      _Rule(layers.elementwise_op_flow))
+  add((_op_class(keras.ops.concatenate, [x, x], axis=-1),),
+      _Rule(_ops_concatenate_flow))
+  add((_op_class(keras.ops.pad, x, ((0, 0), (1, 1), (0, 0))),),
+      _Rule(_ops_pad_flow))
+  add((_op_class(keras.ops.split, x, 2, axis=-1),),
+      _Rule(_ops_split_flow, rebuild=_ops_split_rebuild))
+  reductions = [keras.ops.mean, keras.ops.max, keras.ops.min, keras.ops.sum]
+  add(
+      tuple(_op_class(fn, x, axis=1) for fn in reductions),
+      _Rule(_ops_reduce_flow))
+  add((_op_class(keras.ops.expand_dims, x, 1),
+       _op_class(keras.ops.squeeze, keras.KerasTensor((None, 1, 4)), 1)),
+      _Rule(_ops_expand_squeeze_flow))
+  add((_op_class(keras.ops.transpose, x, (0, 2, 1)),),
+      _Rule(_ops_transpose_flow))
+  image = keras.KerasTensor((None, 4, 4, 3))
+  add((_op_class(keras.ops.image.resize, image, (2, 2)),),
+      _Rule(layers.ELEMENTWISE))
+  add((_op_class(keras.ops.reshape, x, (-1, 16)),), _Rule(_ops_reshape_flow))
+
+
+def _residual_merges():
+  """Layer and keras.ops classes of sum-like merges (Add, Subtract, Average,
+  Maximum, Minimum; not Multiply): what makes a channel group residual."""
+  x = keras.KerasTensor((None, 4))
+  ops = tuple(
+      _op_class(fn, x, x) for fn in (keras.ops.add, keras.ops.subtract,
+                                     keras.ops.maximum, keras.ops.minimum))
+  return _classes("Add", "Subtract", "Average", "Maximum", "Minimum") + ops
+
+
+layers.load_builtins(register)
