@@ -14,9 +14,11 @@ def _version():
   return scope["__version__"]
 
 
-# The example trainers write TensorBoard logs and plots, and read datasets
-# other than the offline Fashion-MNIST through tensorflow-datasets.
-_EXAMPLES = ["matplotlib>=3.7", "tensorboard>=2.16", "tensorflow-datasets>=4.9"]
+# The example trainers write TensorBoard logs and plots, read datasets other
+# than the offline Fashion-MNIST through tensorflow-datasets, and check their
+# TFLite files in LiteRT's interpreter (tf.lite.Interpreter is deprecated).
+_EXAMPLES = ["matplotlib>=3.7", "tensorboard>=2.16", "tensorflow-datasets>=4.9",
+             "ai-edge-litert>=2.0,<3"]
 
 with open(os.path.join(_HERE, "README.md")) as f:
   _LONG_DESCRIPTION = f.read()
@@ -30,16 +32,20 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     packages=["keras_epi"],
     python_requires=">=3.10",
+    # Upper bounds at the next minor releases of the versions tested (TF
+    # 2.21, Keras 3.15, keras-hub 0.32); lower bounds are the oldest APIs
+    # used.
     install_requires=[
-        "tensorflow>=2.16,<3",
-        "keras>=3.5,<4",
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.5,<3.16",
         "absl-py>=1.0",
         "numpy>=1.24",
     ],
     extras_require={
         "examples": _EXAMPLES,
         # keras-hub: the zoo tests build its CNNs from constructor arguments.
-        "test": ["pytest>=7", "pytest-xdist>=3", "keras-hub>=0.20"] + _EXAMPLES,
+        "test": ["pytest>=7", "pytest-xdist>=3", "keras-hub>=0.20,<0.33"] +
+                _EXAMPLES,
         "bench": _EXAMPLES,
         # The peer compared against in benchmarks/tfmot_peer.py. It needs
         # Keras 2 (TF_USE_LEGACY_KERAS=1, its own process); keras_epi never

@@ -24,6 +24,7 @@ TF_CONFIG (start the same command on each worker). The batch size is global.
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -88,6 +89,11 @@ _LATENCY_WIDTHS = flags.DEFINE_list(
 _LATENCY_REPEATS = flags.DEFINE_integer(
     "latency_repeats", 5,
     "Timed steps per point of the measured table (the median is kept).")
+_LATENCY_CACHE_DIR = flags.DEFINE_string(
+    "latency_cache_dir",
+    os.path.join(os.path.expanduser("~"), ".cache", "keras_epi", "latency"),
+    "Tables measured before, reused for the same model, settings and "
+    "machine (LatencyTable.measure(cache_dir=)); empty: measure every time.")
 _CRITERION = flags.DEFINE_enum("criterion", "taylor", ["taylor", "magnitude"],
                                "Filter importance.")
 _POLICY = flags.DEFINE_enum(
@@ -164,6 +170,7 @@ class TrainConfig:
   latency_table: str | None
   latency_widths: tuple[float, ...]
   latency_repeats: int
+  latency_cache_dir: str
   criterion: str
   policy: str
   prune_epoch: int | None
@@ -254,9 +261,14 @@ def latency_table_for(config, model, strategy, saved):
   table = keras_epi.LatencyTable.measure(
       model, batch_size=batch_size, training=True,
       widths=config.latency_widths, repeats=config.latency_repeats,
-      round_to=config.round_to)
-  logging.info("Measured %r in %.1f s.", table,
-               table.metadata["measure_seconds"])
+      round_to=config.round_to, cache_dir=config.latency_cache_dir or None)
+  if "cached_from" in table.metadata:
+    logging.info("Latency table %s, measured on %s for this model and "
+                 "machine: reused.", table.metadata["cached_from"],
+                 table.metadata.get("date"))
+  else:
+    logging.info("Measured %r in %.1f s.", table,
+                 table.metadata["measure_seconds"])
   return table
 
 
@@ -317,17 +329,41 @@ class WidthLogger(keras.callbacks.Callback):
     self._writer.flush()
 
 
-def export_saved_model(model, path, dataset, image_size, sample):
-  """Exports `serve(uint8 images) -> {logits, probabilities}` and checks a
-  reload against the in-memory model at two batch sizes."""
+class HistoryCSV(keras.callbacks.CSVLogger):
+  """A CSVLogger whose columns are the keys the logs have: Keras' own adds
+  an empty ``val_`` column for every key when there is no validation."""
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self.keys is None and logs:
+      self.keys = sorted(logs)
+    super().on_epoch_end(epoch, logs)
+
+
+def deployable(model, dataset, image_size):
+  """`model` behind the preprocessing of `data.preprocess`, as Keras
+  layers: uint8 images in, logits out. final.keras, the SavedModel and the
+  TFLite files all serve it; `model` is its last layer."""
+  images = keras.Input(dataset.image_shape, dtype="uint8", name="images")
+  x = keras.layers.Rescaling(1.0 / 255.0, name="to_unit")(images)
+  if image_size and tuple(dataset.image_shape[:2]) != (image_size,
+                                                         image_size):
+    x = keras.layers.Resizing(image_size, image_size, name="resize")(x)
+  mean, std = np.asarray(dataset.mean), np.asarray(dataset.std)
+  x = keras.layers.Rescaling((1.0 / std).tolist(),
+                             offset=(-mean / std).tolist(),
+                             name="normalize")(x)
+  return keras.Model(images, model(x), name="deployable")
+
+
+def export_saved_model(model, path, sample):
+  """Exports `serve(uint8 images) -> {logits, probabilities}` of the
+  deployable `model` and checks a reload against it at two batch sizes."""
   shape = (None, *sample.shape[1:])
 
   @tf.function(input_signature=[tf.TensorSpec(shape, tf.uint8,
                                               name="images")])
   def serve(images):
-    logits = tf.cast(model(data_lib.preprocess(images, dataset.mean,
-                                               dataset.std, image_size),
-                           training=False), tf.float32)
+    logits = tf.cast(model(images, training=False), tf.float32)
     return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
 
   archive = keras.export.ExportArchive()
@@ -343,22 +379,18 @@ def export_saved_model(model, path, dataset, image_size, sample):
   return max(errors)
 
 
-def export_tflite(model, model_dir, dataset, image_size, sample):
-  """Writes model.tflite (float32) and model_dynamic.tflite: uint8 images ->
-  logits, the preprocessing of the SavedModel's `serve` included. Each is
-  checked on `sample` against the Keras model (the float one fails beyond
-  float rounding; the quantised one is measured). Returns summary fields."""
-  images = keras.Input(sample.shape[1:], dtype="uint8", name="images")
-  normalised = keras.layers.Lambda(
-      lambda x: data_lib.preprocess(x, dataset.mean, dataset.std, image_size),
-      name="preprocess")(images)
-  deployable = keras.Model(images, model(normalised), name="deployable")
+def export_tflite(model, model_dir, sample):
+  """Writes model.tflite (float32) and model_dynamic.tflite of the
+  deployable `model`: uint8 images -> logits, as the SavedModel's `serve`.
+  Each is checked on `sample` against the Keras model (the float one fails
+  beyond float rounding; the quantised one is measured). Returns summary
+  fields."""
   fields = {}
   for kind, filename, quantize in (("float", "model.tflite", None),
                                    ("dynamic", "model_dynamic.tflite",
                                     "dynamic")):
     path = os.path.join(model_dir, filename)
-    error = keras_epi.export_tflite(deployable, path, quantize=quantize,
+    error = keras_epi.export_tflite(model, path, quantize=quantize,
                                     check_data=sample)
     fields.update({f"tflite_{kind}": path,
                    f"tflite_{kind}_bytes": os.path.getsize(path),
@@ -378,8 +410,11 @@ def plot(path, epi, threshold, dense_sizes):
   ax1.plot(epochs, values, "o-", label="EPI")
   ax1.axhline(threshold, color="r", ls="--", label=f"threshold {threshold}")
   if epi.prune_epoch is not None:
+    reason = {"epi": "EPI reached the threshold",
+              "deadline": "the deadline (--epi_prune_by)"}.get(
+                  epi.prune_reason, epi.prune_reason)
     ax1.axvline(epi.prune_epoch, color="k", ls=":",
-                label=f"pruned after epoch {epi.prune_epoch}")
+                label=f"pruned after epoch {epi.prune_epoch}: {reason}")
   ax1.set(xlabel="epoch", ylabel="EPI", title="Early Pruning Indicator")
   ax1.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   ax1.legend()
@@ -398,8 +433,92 @@ def plot(path, epi, threshold, dense_sizes):
   plt.close(fig)
 
 
+def load_data(config):
+  """The dataset and its pipelines: (dataset, input shape, train, validation,
+  test, steps per epoch)."""
+  try:
+    dataset = data_lib.load(config.dataset, config.data_dir,
+                            config.max_train_examples,
+                            config.validation_examples, config.seed)
+  except data_lib.DataError as e:
+    sys.exit(f"error: {e}")
+  logging.info("Data: %s (%s), %d train / %d validation / %d test, %s, %d "
+               "classes", dataset.name, dataset.source, dataset.num_train,
+               dataset.num_validation, dataset.num_test, dataset.image_shape,
+               dataset.num_classes)
+  size = config.image_size
+  shape = ((size, size, dataset.image_shape[-1]) if size
+           else dataset.image_shape)
+  norm = dict(mean=dataset.mean, std=dataset.std, image_size=size)
+  train_ds = data_lib.pipeline(dataset.train, config.batch_size, True,
+                               augment=config.augment, seed=config.seed,
+                               **norm)
+  val_ds = (data_lib.pipeline(dataset.validation, config.batch_size, False,
+                              **norm) if dataset.validation else None)
+  test_ds = data_lib.pipeline(dataset.test, config.batch_size, False, **norm)
+  steps = dataset.num_train // config.batch_size
+  if steps < 1:
+    raise UsageError(f"--batch_size={config.batch_size} exceeds the "
+                     f"{dataset.num_train} training examples.")
+  return dataset, shape, train_ds, val_ds, test_ds, steps
+
+
+def make_callbacks(config, model, strategy, model_dir):
+  """(EPICallback or None, latency table or None, every callback)."""
+  log_dir = os.path.join(model_dir, "logs")
+  callbacks = [keras.callbacks.BackupAndRestore(os.path.join(model_dir,
+                                                             "backup"))]
+  latency_table = None
+  if config.budget == "latency" and config.policy != "none":
+    saved = os.path.join(model_dir, "latency_table.json")
+    latency_table = latency_table_for(config, model, strategy, saved)
+    latency_table.save(saved)
+  epi = None
+  if config.policy != "none":
+    epi = keras_epi.EPICallback(
+        prune_ratio=config.prune_ratio, budget=config.budget,
+        latency_table=latency_table, criterion=config.criterion,
+        window=config.epi_window, threshold=config.epi_threshold,
+        policy=config.policy, prune_epoch=config.prune_epoch,
+        prune_by=config.epi_prune_by, round_to=config.round_to,
+        keep_residual=config.keep_residual,
+        gradual_steps=config.gradual_steps)
+    callbacks = [epi, WidthLogger(epi, log_dir)] + callbacks
+  callbacks += [keras.callbacks.TensorBoard(log_dir),
+                HistoryCSV(os.path.join(model_dir, "history.csv"),
+                           append=True)]
+  return epi, latency_table, callbacks
+
+
+def inference_check(final, dataset, config, history):
+  """Training accuracy as the fit logged it and in inference mode on up to
+  1,024 training images, with a warning where they part ways (the
+  BatchNormalization moving statistics have not settled)."""
+  fit_accuracy = history.history.get("accuracy", [None])[-1]
+  subset = data_lib.pipeline(dataset.train.take(1024), config.batch_size,
+                             False, dataset.mean, dataset.std,
+                             config.image_size)
+  accuracy = float(final.evaluate(subset, verbose=0)[1])
+  if fit_accuracy is not None and accuracy < fit_accuracy - 0.15:
+    logging.warning(
+        "Training images score %.3f in inference mode but %.3f in the last "
+        "epoch's training steps: BatchNormalization's moving statistics "
+        "have not caught up with the weights, as in a run of a few epochs "
+        "or steps. Test accuracy is then low for the same "
+        "reason; train longer (more steps) for a model to use.", accuracy,
+        fit_accuracy)
+  return {"train_accuracy_fit": fit_accuracy,
+          "train_accuracy_inference": accuracy}
+
+
+def _plain(values):
+  """Floats for JSON: NaN (a value not measured) as None."""
+  return [None if math.isnan(float(v)) else float(v) for v in values]
+
+
 def main(argv):
   del argv
+  started = time.perf_counter()
   config = config_from_flags()
   strategy = make_strategy(config.strategy, config.logical_cpus)
   chief = is_chief(strategy)
@@ -412,32 +531,7 @@ def main(argv):
   keras.utils.set_random_seed(config.seed)
   if config.mixed_precision:
     keras.mixed_precision.set_global_policy("mixed_float16")
-
-  try:
-    dataset = data_lib.load(config.dataset, config.data_dir,
-                            config.max_train_examples,
-                            config.validation_examples, config.seed)
-  except data_lib.DataError as e:
-    sys.exit(f"error: {e}")
-  logging.info("Data: %s (%s), %d train / %d validation / %d test, %s, %d "
-               "classes", dataset.name, dataset.source, dataset.num_train,
-               dataset.num_validation, dataset.num_test, dataset.image_shape,
-               dataset.num_classes)
-  image_size = config.image_size
-  shape = ((image_size, image_size, dataset.image_shape[-1]) if image_size
-           else dataset.image_shape)
-  norm = dict(mean=dataset.mean, std=dataset.std, image_size=image_size)
-  train_ds = data_lib.pipeline(dataset.train, config.batch_size, True,
-                               augment=config.augment, seed=config.seed,
-                               **norm)
-  val_ds = (data_lib.pipeline(dataset.validation, config.batch_size, False,
-                              **norm) if dataset.validation else None)
-  test_ds = data_lib.pipeline(dataset.test, config.batch_size, False, **norm)
-  steps = dataset.num_train // config.batch_size
-  if steps < 1:
-    raise UsageError(f"--batch_size={config.batch_size} exceeds the "
-                         f"{dataset.num_train} training examples.")
-
+  dataset, shape, train_ds, val_ds, test_ds, steps = load_data(config)
   with strategy.scope():
     model = models_lib.build_model(config.model, shape, dataset.num_classes,
                                    weight_decay=config.weight_decay)
@@ -453,33 +547,12 @@ def main(argv):
   dense_macs = keras_epi.count_macs(model)
   dense_params = model.count_params()
   dense_sizes = {g.name: g.size for g in keras_epi.channel_groups(model)}
+  seconds = {"setup": time.perf_counter() - started}
 
-  log_dir = os.path.join(model_dir, "logs")
-  callbacks = [
-      keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
-  ]
-  latency_table = None
-  if config.budget == "latency" and config.policy != "none":
-    saved = os.path.join(model_dir, "latency_table.json")
-    latency_table = latency_table_for(config, model, strategy, saved)
-    latency_table.save(saved)
-  epi = None
-  if config.policy != "none":
-    epi = keras_epi.EPICallback(
-        prune_ratio=config.prune_ratio, budget=config.budget,
-        latency_table=latency_table,
-        criterion=config.criterion, window=config.epi_window,
-        threshold=config.epi_threshold, policy=config.policy,
-        prune_epoch=config.prune_epoch, prune_by=config.epi_prune_by,
-        round_to=config.round_to,
-        keep_residual=config.keep_residual,
-        gradual_steps=config.gradual_steps)
-    callbacks = [epi, WidthLogger(epi, log_dir)] + callbacks
-  callbacks += [keras.callbacks.TensorBoard(log_dir),
-                keras.callbacks.CSVLogger(os.path.join(model_dir,
-                                                       "history.csv"),
-                                          append=True)]
-
+  start = time.perf_counter()
+  epi, latency_table, callbacks = make_callbacks(config, model, strategy,
+                                                 model_dir)
+  seconds["latency_table"] = time.perf_counter() - start
   start = time.perf_counter()
   if epi is not None and config.continue_on_pruned:
     final, history = keras_epi.fit(model, train_ds, validation_data=val_ds,
@@ -490,17 +563,28 @@ def main(argv):
                         epochs=config.epochs, callbacks=callbacks,
                         verbose=config.verbose)
     final = epi.pruned_model if epi is not None and epi.pruned else model
-  train_seconds = time.perf_counter() - start
-  if epi is not None and epi.keep is not None:
-    logging.info("Pruned architecture: %s", json.dumps(
-        {k: len(v) for k, v in epi.keep.items()}, sort_keys=True))
+  seconds["train"] = time.perf_counter() - start
+  kept = epi.keep if epi is not None and epi.keep is not None else None
+  widths_final = None if kept is None else {
+      name: len(kept[name]) if name in kept else size
+      for name, size in dense_sizes.items()}
+  if widths_final is not None:
+    logging.info("Pruned architecture: %s", json.dumps(widths_final,
+                                                      sort_keys=True))
 
+  start = time.perf_counter()
   test_loss, test_accuracy = final.evaluate(test_ds, verbose=0)[:2]
-  final.save(os.path.join(model_dir, "final.keras"))
+  checks = inference_check(final, dataset, config, history)
+  seconds["evaluate"] = time.perf_counter() - start
+  start = time.perf_counter()
+  served = deployable(final, dataset, config.image_size)
+  served.save(os.path.join(model_dir, "final.keras"))
   sample = next(iter(dataset.test.batch(8)))[0].numpy()
   export_error = export_saved_model(
-      final, os.path.join(model_dir, "saved_model"), dataset, image_size,
-      sample)
+      served, os.path.join(model_dir, "saved_model"), sample)
+  tflite = (export_tflite(served, model_dir, sample)
+            if config.export_tflite else {})
+  seconds["export"] = time.perf_counter() - start
   summary = {
       "dataset": dataset.name, "model": config.model,
       "policy": config.policy, "criterion": config.criterion,
@@ -512,42 +596,49 @@ def main(argv):
       "macs_dense": dense_macs, "macs_final": keras_epi.count_macs(final),
       "params_dense": dense_params, "params_final": final.count_params(),
       "test_accuracy": float(test_accuracy), "test_loss": float(test_loss),
-      "train_seconds": train_seconds,
+      **checks,
+      "train_seconds": seconds["train"],
+      "training_cost": None if epi is None else epi.training_cost,
       "epi": None if epi is None else epi.epi_history,
       "epi_threshold": None if epi is None else epi.threshold,
       "widths_dense": dense_sizes,
-      "widths_final": (None if epi is None or epi.keep is None else
-                       {k: len(v) for k, v in epi.keep.items()}),
-      "history": {k: [float(x) for x in v]
-                  for k, v in history.history.items()},
+      "widths_final": widths_final,
+      "history": {k: _plain(v) for k, v in history.history.items()},
+      "final_keras": os.path.join(model_dir, "final.keras"),
       "saved_model": os.path.join(model_dir, "saved_model"),
       "saved_model_max_abs_error": export_error,
       "replicas": strategy.num_replicas_in_sync,
+      **tflite,
   }
   if latency_table is not None:
     summary.update(
         latency_table=os.path.join(model_dir, "latency_table.json"),
+        latency_table_reused=latency_table.metadata.get("cached_from"),
         latency_predicted_dense=latency_table.predict(model),
         latency_predicted_final=latency_table.predict(final))
-  if config.export_tflite:
-    summary.update(export_tflite(final, model_dir, dataset, image_size,
-                                 sample))
+  if tflite:
     logging.info("TFLite: %s (%d bytes, max |tflite - keras| %.1e), %s (%d "
-                 "bytes, %.1e).", summary["tflite_float"],
-                 summary["tflite_float_bytes"],
-                 summary["tflite_float_max_abs_error"],
-                 summary["tflite_dynamic"], summary["tflite_dynamic_bytes"],
-                 summary["tflite_dynamic_max_abs_error"])
-  with open(os.path.join(model_dir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+                 "bytes, %.1e).", tflite["tflite_float"],
+                 tflite["tflite_float_bytes"],
+                 tflite["tflite_float_max_abs_error"],
+                 tflite["tflite_dynamic"], tflite["tflite_dynamic_bytes"],
+                 tflite["tflite_dynamic_max_abs_error"])
   if epi is not None:
     plot(os.path.join(model_dir, "epi.png"), epi, epi.threshold, dense_sizes)
+  seconds["total"] = time.perf_counter() - started
+  summary["seconds"] = seconds
+  with open(os.path.join(model_dir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
   logging.info(
-      "Done in %.0fs: test accuracy %.4f, MACs %.2fM -> %.2fM, params "
-      "%d -> %d, pruned after %s epochs. Summary %s, plot %s, SavedModel %s "
-      "(reload error %.1e).", train_seconds, test_accuracy, dense_macs / 1e6,
-      summary["macs_final"] / 1e6, dense_params, summary["params_final"],
-      summary["prune_epoch"], os.path.join(model_dir, "summary.json"),
+      "Done in %.0f s (set-up %.0f, latency table %.0f, training %.0f, "
+      "evaluation %.0f, export %.0f): test accuracy %.4f, MACs %.2fM -> "
+      "%.2fM, params %d -> %d, pruned after %s epochs (%s). Summary %s, "
+      "plot %s, SavedModel %s (reload error %.1e).", seconds["total"],
+      seconds["setup"], seconds["latency_table"], seconds["train"],
+      seconds["evaluate"], seconds["export"], test_accuracy,
+      dense_macs / 1e6, summary["macs_final"] / 1e6, dense_params,
+      summary["params_final"], summary["prune_epoch"],
+      summary["prune_reason"], os.path.join(model_dir, "summary.json"),
       os.path.join(model_dir, "epi.png"), summary["saved_model"],
       export_error)
   if not chief:

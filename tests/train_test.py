@@ -1,10 +1,12 @@
 """Tests of examples/train.py, run as a user would: in a subprocess."""
 
+import csv
 import json
 import os
 import subprocess
 import sys
 
+from ai_edge_litert import interpreter as litert
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -53,6 +55,26 @@ def test_trainer_writes_every_output(quick_run):
   assert 0.0 <= summary["test_accuracy"] <= 1.0
   assert summary["train_seconds"] > 0
   assert len(summary["history"]["loss"]) == 2
+  # Every phase is timed; the run's cost adds up.
+  assert set(summary["seconds"]) == {"setup", "latency_table", "train",
+                                     "evaluate", "export", "total"}
+  assert summary["seconds"]["total"] >= sum(
+      v for k, v in summary["seconds"].items() if k != "total")
+  cost = summary["training_cost"]
+  assert cost["dense_epochs"] == 1 and cost["pruned_epochs"] == 1
+  assert cost["total_seconds"] <= summary["train_seconds"]
+  # Undefined EPI is null in every record (never 0.0), the widths cover
+  # every group, the stem included.
+  assert summary["epi"] == [None]
+  assert summary["history"]["epi"] == [None, None]
+  assert set(summary["widths_final"]) == set(summary["widths_dense"])
+  stem = summary["widths_dense"]["stem_conv"]
+  assert summary["widths_final"]["stem_conv"] == stem
+  # history.csv has the logged keys only: no empty val_ columns.
+  with open(os.path.join(model_dir, "history.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 2 and not [k for k in rows[0] if k.startswith("val_")]
+  assert [r["epi"] for r in rows] == ["nan", "nan"]
 
 
 def test_saved_model_serves_uint8_and_matches_the_keras_model(
@@ -66,16 +88,22 @@ def test_saved_model_serves_uint8_and_matches_the_keras_model(
   images = next(iter(dataset.test.batch(5)))[0].numpy()
   served = tf.saved_model.load(os.path.join(model_dir, "saved_model"))
   out = served.serve(tf.constant(images))
+  # final.keras takes the raw uint8 images too: the normalisation is in it.
   model = keras.saving.load_model(os.path.join(model_dir, "final.keras"))
-  want = model(data_lib.preprocess(images, dataset.mean, dataset.std),
-               training=False)
+  want = model(images, training=False)
   np.testing.assert_allclose(out["logits"].numpy(), np.asarray(want),
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0,
                              rtol=1e-5)
+  # Scored on the raw test images it gives the summary's test accuracy.
+  x = np.stack([x.numpy() for x, _ in dataset.test])
+  y = np.stack([y.numpy() for _, y in dataset.test])
+  accuracy = np.mean(np.argmax(model.predict(x, verbose=0), -1) == y)
+  with open(os.path.join(model_dir, "summary.json")) as f:
+    summary = json.load(f)
+  assert accuracy == pytest.approx(summary["test_accuracy"], abs=1.5 / len(y))
 
 
-@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
 def test_tflite_files_match_the_saved_model(quick_run, fashion_mnist_dir):
   model_dir, _ = quick_run
   with open(os.path.join(model_dir, "summary.json")) as f:
@@ -100,7 +128,7 @@ def test_tflite_files_match_the_saved_model(quick_run, fashion_mnist_dir):
   images = next(iter(dataset.test.batch(5)))[0].numpy()
   served = tf.saved_model.load(os.path.join(model_dir, "saved_model"))
   want = served.serve(tf.constant(images))["logits"].numpy()
-  interpreter = tf.lite.Interpreter(
+  interpreter = litert.Interpreter(
       model_path=os.path.join(model_dir, "model.tflite"))
   runner = interpreter.get_signature_runner("serving_default")
   for n in (1, 5):
@@ -115,6 +143,17 @@ def test_prune_event_is_logged(quick_run):
   assert "epi:" in result.stdout + result.stderr
 
 
+def test_settling_batchnorm_is_said_when_accuracies_part_ways(quick_run):
+  model_dir, result = quick_run
+  with open(os.path.join(model_dir, "summary.json")) as f:
+    summary = json.load(f)
+  fit, inference = (summary["train_accuracy_fit"],
+                    summary["train_accuracy_inference"])
+  assert 0.0 <= fit <= 1.0 and 0.0 <= inference <= 1.0
+  warned = "have not caught up with the weights" in result.stderr
+  assert warned == (inference < fit - 0.15)
+
+
 def test_latency_budget_measures_saves_and_meets_the_table(
     tmp_path, fashion_mnist_dir):
   # The trainer measures its own table (the path a user takes without
@@ -125,6 +164,7 @@ def test_latency_budget_measures_saves_and_meets_the_table(
                      "--prune_ratio=0.3", "--latency_widths=0.5",
                      "--latency_repeats=1", "--policy=fixed",
                      "--prune_epoch=1", *_QUICK, "--image_size=16",
+                     f"--latency_cache_dir={tmp_path / 'cache'}",
                      f"--data_dir={fashion_mnist_dir}")
   assert result.returncode == 0, result.stderr[-4000:]
   import keras  # pylint: disable=g-import-not-at-top
@@ -139,6 +179,9 @@ def test_latency_budget_measures_saves_and_meets_the_table(
     summary = json.load(f)
   assert summary["budget"] == "latency" and summary["prune_epoch"] == 1
   assert summary["latency_table"] == str(path)
+  # Measured here (and kept in the cache for a run like it), not reused.
+  assert summary["latency_table_reused"] is None
+  assert len(list((tmp_path / "cache").iterdir())) == 1
   assert summary["macs_final"] < summary["macs_dense"]
   # The plan meets the budget as the table predicts it (select_channels'
   # promise), and the summary's prediction is the saved table's reading of
@@ -147,7 +190,9 @@ def test_latency_budget_measures_saves_and_meets_the_table(
   final = summary["latency_predicted_final"]
   assert final <= (1 - 0.3) * dense * (1 + 1e-9)
   model = keras.saving.load_model(tmp_path / "final.keras")
-  assert table.predict(model) == pytest.approx(final, rel=1e-9)
+  # The trained model is the last layer of final.keras, behind its
+  # preprocessing.
+  assert table.predict(model.layers[-1]) == pytest.approx(final, rel=1e-9)
   with open(tmp_path / "config.json") as f:
     config = json.load(f)
   assert config["latency_widths"] == [0.5]
@@ -205,7 +250,15 @@ def _architecture(stderr):
   return json.loads(lines[-1].split("Pruned architecture:", 1)[1])
 
 
-def test_multi_worker_on_loopback_workers_agree(tmp_path, fashion_mnist_dir):
+# What TensorFlow's coordination service says when a worker's heartbeats
+# stop because the host stalled (seen once, in an 83 s stall): the cluster,
+# not keras_epi, failed. Only then is the 2-worker run tried once more.
+_COORDINATION_ERRORS = ("heartbeat", "Coordination service",
+                        "coordination service", "UNAVAILABLE")
+
+
+def _two_workers(model_dir, data_dir):
+  """``[(returncode, stderr)]`` of a 2-worker run on loopback."""
   ports = _free_ports(2)
   cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
   procs = []
@@ -213,16 +266,39 @@ def test_multi_worker_on_loopback_workers_agree(tmp_path, fashion_mnist_dir):
     env = {**os.environ, "TF_CONFIG": json.dumps(
         {"cluster": cluster, "task": {"type": "worker", "index": index}})}
     procs.append(subprocess.Popen(
-        [sys.executable, _TRAIN, f"--model_dir={tmp_path}/run",
+        [sys.executable, _TRAIN, f"--model_dir={model_dir}",
          "--strategy=multi_worker", "--policy=fixed", "--prune_epoch=1",
-         *_QUICK, f"--data_dir={fashion_mnist_dir}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, cwd=_ROOT, env=env))
-  outputs = [p.communicate(timeout=900) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-4000:]
+         *_QUICK, f"--data_dir={data_dir}"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=_ROOT, env=env))
+  outputs = []
+  for p in procs:
+    try:
+      outputs.append((p.communicate(timeout=600)[1], p.returncode))
+    except subprocess.TimeoutExpired:
+      p.kill()
+      outputs.append((p.communicate()[1] + "\n(timed out after 600 s)",
+                      "timeout"))
+  return [(code, err) for err, code in outputs]
+
+
+def test_multi_worker_on_loopback_workers_agree(tmp_path, fashion_mnist_dir):
+  outputs = _two_workers(tmp_path / "run", fashion_mnist_dir)
+  failed = [err for code, err in outputs if code != 0]
+  if failed and all(any(s in err for s in _COORDINATION_ERRORS)
+                    for err in failed):
+    first_try = failed[0][-2000:]
+    outputs = _two_workers(tmp_path / "retry", fashion_mnist_dir)
+    for code, err in outputs:
+      assert code == 0, (f"failed twice; first: {first_try}\n"
+                         f"second: {err[-2000:]}")
+    tmp_path = tmp_path / "retry"
+  else:
+    tmp_path = tmp_path / "run"
+  for code, err in outputs:
+    assert code == 0, err[-4000:]
   first, second = (_architecture(err) for _, err in outputs)
   assert first == second
-  with open(tmp_path / "run" / "summary.json") as f:
+  with open(tmp_path / "summary.json") as f:
     summary = json.load(f)
   assert summary["replicas"] == 2 and summary["prune_epoch"] == 1
   assert summary["widths_final"] == first
