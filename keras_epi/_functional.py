@@ -79,7 +79,7 @@ def replay(model, inputs, operation_for):
                                   internals.outputs_struct(model))
 
 
-def rebuild(model, inputs, operation_for, call_for=None):
+def rebuild(model, inputs, operation_for, call_for=None, make=None):
   """A new model with `model`'s graph on new `inputs`.
 
   Args:
@@ -89,6 +89,8 @@ def rebuild(model, inputs, operation_for, call_for=None):
     call_for: What to call in place of an operation of a functional graph
       (default `operation_for`); a Sequential model takes the layers of
       `operation_for`.
+    make: ``make(inputs, outputs) -> model`` for a functional graph
+      (default: a plain `keras.Model` with `model`'s name).
 
   Returns:
     The new model (Sequential if `model` is), with `model`'s name and
@@ -100,10 +102,10 @@ def rebuild(model, inputs, operation_for, call_for=None):
         name=model.name)
   else:
     outputs = replay(model, inputs, call_for or operation_for)
-    new = keras.Model(
-        inputs=keras.tree.pack_sequence_as(internals.inputs_struct(model),
-                                           inputs),
-        outputs=outputs, name=model.name)
+    inputs = keras.tree.pack_sequence_as(internals.inputs_struct(model),
+                                         inputs)
+    new = (make(inputs, outputs) if make is not None else
+           keras.Model(inputs=inputs, outputs=outputs, name=model.name))
   new.trainable = model.trainable
   return new
 

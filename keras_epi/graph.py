@@ -217,6 +217,7 @@ class Analysis:
     self._seen_paths = set()
 
     shapes = input_shapes or [tuple(t.shape[1:]) for t in model.inputs]
+    self.input_shapes = [tuple(s) for s in shapes]
     inputs = [(self.fixed(layers_lib.width_of(s)), s) for s in shapes]
     outputs = self._walk(model, inputs, "")
     for labels, _ in outputs:

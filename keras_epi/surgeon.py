@@ -75,6 +75,10 @@ class Surgeon:
     self._analysis = plan.analysis
     self._models = {}  # id(old model) -> new model
     self._layers = {}  # path -> (old layer, new layer)
+    self._copied = set()  # paths of layers copied as they are
+    # Untouched layers are copied as objects (their class, attributes and
+    # `call`), with what was rebuilt in place of the originals they hold.
+    self._copier = internals.Copier()
 
   def model(self, model, prefix):
     """The rebuilt (and, at the top, weight-loaded) copy of a model."""
@@ -95,8 +99,10 @@ class Surgeon:
       path = prefix + op.name
       if isinstance(op, keras.Model):
         return self.model(op, path + "/")
-      if path in self._analysis.expansions:
+      if path in self._analysis.expansions and self._changed_inside(path):
         return self.model(self._analysis.expansions[path], path + "/")
+      if path in self._analysis.expansions:
+        return self._copy(op, path)
       if not isinstance(op, _L.Layer):  # a keras.ops operation
         call = self._analysis.calls.get(path)
         if call is not None and call.rule.rebuild is not None:
@@ -106,7 +112,9 @@ class Surgeon:
 
     def call_for(op):
       new = operation_for(op)
-      if prefix + op.name in self._analysis.expansions:
+      if isinstance(new, keras.Model) and not isinstance(op, keras.Model):
+        # A composite layer whose sublayers changed: the functional model
+        # of its traced `call`, called on the same tensors.
         def call_expansion(*args, **kwargs):
           tensors = [t for t in keras.tree.flatten((args, kwargs))
                      if isinstance(t, keras.KerasTensor)]
@@ -114,17 +122,53 @@ class Surgeon:
         return call_expansion
       return new
 
-    new = functional.rebuild(model, inputs, operation_for, call_for)
+    new = functional.rebuild(
+        model, inputs, operation_for, call_for,
+        make=lambda i, o: internals.functional_like(model, i, o,
+                                                    self._copier))
     self._models[id(model)] = new
+    self._copier.use(model, new)
     if not prefix:
       self._load_weights()
       self._check_probed_layers()
+      check_calls(model, new, self.plan)
     return new
+
+  def _changed_inside(self, path):
+    """Whether a plan cuts channels of a call inside the composite layer at
+    `path`."""
+    inside = path + "/"
+    return any(not self._untouched(call) for call in self._analysis.all_calls
+               if call.path.startswith(inside))
+
+  def _untouched(self, call):
+    masks = self.plan.masks(call)
+    return all(m.all() for m in masks["ins"] + masks["outs"])
+
+  def _copy(self, layer, path):
+    """`layer` as it is: an object copy with new variables of the same
+    values (its config is not used, so any layer comes through)."""
+    if path not in self._layers:
+      new = self._copier.layer(layer)
+      self._layers[path] = (layer, new)
+      self._copied.add(path)
+    return self._layers[path][1]
 
   def _layer(self, layer, path):
     if path in self._layers:
       return self._layers[path][1]
     call = self._analysis.calls[path]
+    if not call.rule.auto and all(self._untouched(c) for c in
+                                  self._analysis.all_calls
+                                  if c.path == path):
+      return self._copy(layer, path)
+    new = self._rebuilt(layer, call)
+    self._copier.use(layer, new)
+    return new
+
+  def _rebuilt(self, layer, call):
+    """`layer` made anew from its config for the plan's widths."""
+    path = call.path
     masks = self.plan.masks(call)
     n_in = int(masks["in"].sum()) if masks["in"] is not None else None
     n_out = int(masks["out"].sum())
@@ -147,7 +191,16 @@ class Surgeon:
     if call.rule.auto:
       new = self._probed_layer(call, config, masks)
     else:
-      new = functional.layer_from_config(layer, config)
+      try:
+        new = functional.layer_from_config(layer, config)
+      except Exception as e:  # pylint: disable=broad-except
+        raise ValueError(
+            f"keras_epi cannot rebuild layer '{path}' ({type(layer).__name__})"
+            f" with {n_out} output channels: its class cannot be made from "
+            f"its config ({type(e).__name__}: {e}). Make its get_config and "
+            "from_config round-trip (a `**kwargs` in __init__, serialisable "
+            "arguments), or keep its channels with "
+            f"ignore=[{path!r}].") from e
     self._layers[path] = (layer, new)
     return new
 
@@ -185,8 +238,8 @@ class Surgeon:
   def _check_probed_layers(self):
     """Each probed layer, rebuilt, must compute its kept channels exactly."""
     for path, (old, new) in self._layers.items():
-      call = self._analysis.calls[path]
-      if not call.rule.auto:
+      call = self._analysis.calls.get(path)  # None: a composite copied
+      if call is None or not call.rule.auto or path in self._copied:
         continue
       masks = self.plan.masks(call)
       rng = np.random.default_rng(0)
@@ -211,16 +264,85 @@ class Surgeon:
     an optimizer slot) to the new variable's shape."""
     for path, (old, new) in self._layers.items():
       for old_weight, new_weight in zip(old.weights, new.weights):
-        yield old_weight, new_weight, functools.partial(
-            plan_lib.cut, cuts=self.plan.cuts(path, old_weight.name))
+        cuts = [] if path in self._copied else self.plan.cuts(
+            path, old_weight.name)
+        yield old_weight, new_weight, functools.partial(plan_lib.cut,
+                                                        cuts=cuts)
 
   def _load_weights(self):
-    for old, new, cut in self.weight_pairs():
-      value = cut(keras.ops.convert_to_numpy(old))
-      if value.shape != tuple(new.shape):
-        raise AssertionError(
-            f"keras_epi surgeon: weight '{old.path}' expects shape "
-            f"{tuple(new.shape)}, sliced {value.shape}. Please report this; "
-            "pass the layer in `ignore=` meanwhile.")
-      new.assign(value)
+    copied = {id(self._layers[p][1]) for p in self._copied}
+    for path, (old, new) in self._layers.items():
+      if id(new) in copied:
+        continue  # its variables were made with the values
+      for old_weight, new_weight in zip(old.weights, new.weights):
+        self._load(old_weight, new_weight, path)
     logging.vlog(1, "keras_epi: rebuilt %d layers", len(self._layers))
+
+  def _load(self, old, new, path):
+    """`new` = `old` sliced by the plan."""
+    value = plan_lib.cut(keras.ops.convert_to_numpy(old),
+                         self.plan.cuts(path, old.name))
+    if value.shape != tuple(new.shape):
+      raise AssertionError(
+          f"keras_epi surgeon: weight '{old.path}' expects shape "
+          f"{tuple(new.shape)}, sliced {value.shape}. Please report this; "
+          "pass the layer in `ignore=` meanwhile.")
+    new.assign(value)
+
+
+CHECK_BATCH_SIZES = (1, 2)
+_OPEN_SIZE = 32  # per open input size in the check
+
+
+def check_calls(old, new, plan):
+  """Calls the pruned model `new` on random inputs at `CHECK_BATCH_SIZES`
+  (open input sizes at `_OPEN_SIZE`, or the analysis' sizes): each output
+  must have the shape of `old`'s (a plan keeps outputs whole). A failure is
+  a ValueError naming the layer that fails, so no model that breaks when
+  called is handed back."""
+  shapes = plan.analysis.input_shapes
+  rng = np.random.default_rng(0)
+  for batch in CHECK_BATCH_SIZES:
+    xs = []
+    for tensor, shape in zip(new.inputs, shapes):
+      size = (batch, *[_OPEN_SIZE if d is None else d for d in shape])
+      value = (rng.normal(size=size) if "float" in str(tensor.dtype)
+               else np.zeros(size))
+      xs.append(value.astype(tensor.dtype))
+    try:
+      outputs = new(keras.tree.pack_sequence_as(
+          internals.inputs_struct(new), xs), training=False)
+    except Exception as e:  # pylint: disable=broad-except
+      _name_the_failing_layer(new, xs, e)
+      raise  # not reached: _name_the_failing_layer raises
+    for got, want in zip(keras.tree.flatten(outputs), old.outputs):
+      expected = (batch, *want.shape[1:])
+      if any(e is not None and e != g
+             for e, g in zip(expected, tuple(got.shape))) or len(
+                 got.shape) != len(expected):
+        raise ValueError(
+            f"keras_epi: the pruned model '{new.name}' gives an output of "
+            f"shape {tuple(got.shape)} at batch size {batch}; the model "
+            f"gives {expected}. Please report this; pass the layers before "
+            "that output in `ignore=` meanwhile.")
+
+
+def _name_the_failing_layer(model, xs, error):
+  """Calls `model`'s operations one by one on `xs`; raises a ValueError
+  naming the first that fails (or `error`'s message if none does)."""
+  def named(op):
+    def call(*args, **kwargs):
+      try:
+        return op(*args, **kwargs)
+      except Exception as e:  # pylint: disable=broad-except
+        raise ValueError(
+            f"keras_epi: the pruned model fails when called (at batch size "
+            f"{len(xs[0])}) in layer '{op.name}' ({type(op).__name__}): "
+            f"{type(e).__name__}: {e}. Keep the layer as it is with "
+            f"ignore=[{op.name!r}], or register it "
+            "(keras_epi.register_layer).") from e
+    return call
+  functional.replay(model, xs, named)
+  raise ValueError(
+      f"keras_epi: the pruned model '{model.name}' fails when called: "
+      f"{type(error).__name__}: {error}") from error
