@@ -75,6 +75,33 @@ def _rescaling_fixes(layer, call):
   return bool(np.ndim(layer.scale) or np.ndim(layer.offset))
 
 
+def _group_norm_flow(layer, call):
+  """GroupNormalization normalises each group of ``C / groups`` channels on
+  its own: the channels of a group are removed together (whole groups,
+  exactly), and the layer keeps its group size."""
+  x = call.inputs[0]
+  if not layers.over_channels_only(layer.axis, call.output_shapes[0]) or \
+      len(x) % layer.groups:
+    call.fix(x)
+    return [x]
+  size = len(x) // layer.groups
+  call.unite(x, np.repeat(x[::size], size))
+  return [x]
+
+
+def _group_norm_config(layer, config, n_in, n_out):
+  del n_in
+  config["groups"] = n_out // (_channels(layer) // layer.groups)
+  return config
+
+
+def _channels(layer):
+  """The channel count a built normalisation layer was built for."""
+  for weight in layer.weights:
+    return int(weight.shape[-1])
+  return int(internals.inbound_nodes(layer)[0].input_tensors[0].shape[-1])
+
+
 def _activation_flow(layer, call):
   return [layers.activation_fixes(layer, call.inputs[0], call)]
 
@@ -137,8 +164,9 @@ def _ops_split_flow(op, call):
   return [x[end - s[-1]:end] for s, end in zip(call.output_shapes, ends)]
 
 
-def _ops_split_rebuild(op, masks):
+def _ops_split_rebuild(op, masks, call):
   """A Split at the kept offsets when it cuts the channel axis."""
+  del call
   outs = masks["outs"]
   if len(outs) < 2 or sum(len(m) for m in outs) != len(masks["in"]):
     return op  # a split along another axis
@@ -164,15 +192,33 @@ def _ops_expand_squeeze_flow(op, call):
 
 
 def _ops_reshape_flow(op, call):
-  """keras.ops.reshape keeps its `newshape` when the graph is rebuilt: only
-  a reshape that leaves the channel axis to Keras (-1 last, channels kept)
-  passes channels; others keep them whole."""
+  """A keras.ops.reshape that keeps the channel axis (the same width last,
+  row-major) passes the channels (`_ops_reshape_rebuild` writes the new
+  width); others keep them whole."""
   newshape = op.newshape if isinstance(op.newshape, (list, tuple)) else ()
   x = call.inputs[0]
-  if (newshape and newshape[-1] == -1 and
+  if (newshape and newshape[-1] in (-1, len(x)) and
       call.output_shapes[0][-1] == call.input_shapes[0][-1] == len(x)):
     return [x]
   return layers.fixed_flow(op, call)
+
+
+def _ops_reshape_rebuild(op, masks, call):
+  """The reshape for the kept width. A batch size traced as None (from
+  ``ops.shape(x)[0]`` in a composite layer's `call`) becomes -1 where the
+  rest of the shape is known, so the graph runs at any batch size."""
+  shape = list(op.newshape) if isinstance(op.newshape, (list, tuple)) else []
+  out = masks["out"]
+  if not shape or (None not in shape and (shape[-1] == -1 or out.all())):
+    return op
+  per_example = list(call.out_shapes[0])  # its open size filled in
+  per_example[-1] = int(out.sum())
+  if None not in per_example:
+    shape = [-1, *per_example]
+  elif shape.count(None) + shape.count(-1) == 1:
+    shape = [-1 if d is None else d for d in shape]
+    shape[-1] = shape[-1] if shape[-1] == -1 else int(out.sum())
+  return type(op)(tuple(shape))
 
 
 def _ops_transpose_flow(op, call):
@@ -275,7 +321,7 @@ _PER_CHANNEL_NAMES = (
 # Layers that mix channels or whose per-channel behaviour depends on all
 # channels: kept whole (at a model's input they are fixed anyway).
 _MIXING_NAMES = (
-    "GroupNormalization", "Normalization", "RandomGrayscale", "RandomHue",
+    "Normalization", "RandomGrayscale", "RandomHue",
     "RandomSaturation", "RandomColorJitter", "RandomColorDegeneration",
     "AutoContrast", "Equalization", "RandAugment", "AugMix", "MixUp",
     "CutMix", "Pipeline", "Embedding", "EinsumDense", "MultiHeadAttention",
@@ -346,6 +392,9 @@ def register():  # pylint: disable=too-many-statements
           "bias": ((0, "out"),)
       }, layers.width_config("units"), _dense_macs, filters=("kernel",),
             linear=True))
+  add(_classes("GroupNormalization"),
+      _Rule(_group_norm_flow, {"gamma": ((0, "out"),), "beta": ((0, "out"),)},
+            _group_norm_config))
   add((_L.BatchNormalization,),
       _Rule(_axis_flow(_batchnorm_fixes), _BN_WEIGHTS, follower=True))
   add((_L.PReLU,), _Rule(layers.ELEMENTWISE, {"alpha": ((-1, "out"),)}))
@@ -360,7 +409,8 @@ def register():  # pylint: disable=too-many-statements
                                            data_format=True))
   add(_classes(*_MIXING_NAMES), _Rule(layers.FIXED))
   add((_L.Flatten,), _Rule(_flatten_flow, data_format=True))
-  add((_L.Reshape,), _Rule(_reshape_flow, config=_reshape_config))
+  add((_L.Reshape,), _Rule(_reshape_flow, config=_reshape_config,
+                           reshape=True))
   add((_L.Permute,), _Rule(_permute_flow))
   add((_L.Concatenate,), _Rule(_concatenate_flow))
   merges = _residual_merges()
@@ -418,7 +468,11 @@ def register():  # pylint: disable=too-many-statements
   image = keras.KerasTensor((None, 4, 4, 3))
   add((_op_class(keras.ops.image.resize, image, (2, 2)),),
       _Rule(layers.ELEMENTWISE))
-  add((_op_class(keras.ops.reshape, x, (-1, 16)),), _Rule(_ops_reshape_flow))
+  # Products and softmax over the channels mix them (attention scores).
+  add((_op_class(keras.ops.matmul, x, keras.KerasTensor((None, 4, 4))),
+       _op_class(keras.ops.softmax, x)), _Rule(layers.FIXED))
+  add((_op_class(keras.ops.reshape, x, (-1, 16)),),
+      _Rule(_ops_reshape_flow, rebuild=_ops_reshape_rebuild, reshape=True))
 
 
 def _residual_merges():

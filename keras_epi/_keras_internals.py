@@ -11,7 +11,6 @@ upgrade that moves one breaks here and nowhere else.
 # pylint: disable=protected-access
 
 import contextlib
-import functools
 import inspect
 import json
 import os
@@ -87,17 +86,6 @@ def remove_nodes(op, node_ids):
     nodes = getattr(op, name, None)
     if nodes:
       nodes[:] = [n for n in nodes if id(n) not in node_ids]
-
-
-def stateless_copy(layer):
-  """A shallow copy of a layer without weights, with no graph nodes of its
-  own (for stateless layers whose config cannot be serialised)."""
-  # copy.copy would go through Keras' __reduce__, i.e. get_config.
-  new = object.__new__(type(layer))
-  new.__dict__.update(layer.__dict__)
-  new.__dict__["_inbound_nodes"] = []
-  new.__dict__["_outbound_nodes"] = []
-  return new
 
 
 def backup_and_restore_checkpoint(callback):
@@ -192,7 +180,7 @@ class Copier:
         new, name=layer.name, dtype=layer.dtype_policy,
         trainable=layer.trainable, autocast=layer.autocast)
     state = layer.__dict__
-    self._set_attributes(layer, new, set())
+    self.set_attributes(layer, new, set())
     # The tracked state in the original's order (variables made with
     # add_weight but held by no attribute too), then locked as it was.
     for name in _TRACKED_LISTS:
@@ -202,7 +190,7 @@ class Copier:
       new._lock_state()
     return new
 
-  def _set_attributes(self, old, new, skip):
+  def set_attributes(self, old, new, skip):
     """The copies of `old`'s attributes on `new`, but for tracking state
     and `skip`; a method bound to `old` is bound to `new`."""
     owner, self._owner = self._owner, (old, new)
@@ -230,34 +218,29 @@ class Copier:
     return new
 
 
-# What compile, fit, evaluate and predict leave on a model, and the steps
-# keras_epi's multi-worker workaround sets on it: a copy gets its own.
-_TRAINER = frozenset((
-    "_compile_config", "_compiled_trainable_state", "optimizer",
-    "stop_training", "_eval_epoch_iterator", "history", "stop_evaluating",
-    "stop_predicting", "train_step", "test_step", "_maybe_symbolic_build"))
-
-
-def functional_like(old, inputs, outputs, copier):
-  """A functional model of `inputs` and `outputs` of `old`'s class, with
-  its name and its own attributes (a keras_hub task's preprocessor, a
-  model's custom metrics) copied by `copier`: so a subclass keeps its
-  `train_step`, `test_step` and API. A plain functional model for a plain
-  one."""
-  if type(old) in (keras.Model, _functional_class()):
-    return keras.Model(inputs=inputs, outputs=outputs, name=old.name)
-  new = type(old).__new__(type(old))
-  # A functional subclass already has Functional among its bases (Keras
-  # put it there when the original was made).
-  _functional_class().__init__(new, inputs, outputs, name=old.name)
-  copier._set_attributes(old, new, set(new.__dict__) | _TRAINER)
+def resized_copy(layer, attributes, input_shape):
+  """A `Copier` copy of `layer` with `attributes` set (its widths) and its
+  variables made anew, unbuilt, by its own `build(input_shape)`."""
+  new = Copier().layer(layer)
+  new._tracker.unlock()
+  for name in ("_trainable_variables", "_non_trainable_variables"):
+    getattr(new, name)[:] = []
+  for name, value in list(vars(new).items()):
+    if isinstance(value, keras.Variable):
+      setattr(new, name, None)
+  for name, value in attributes.items():
+    setattr(new, name, value)
+  new.built = False
+  new.build(input_shape)
   return new
 
 
-@functools.lru_cache(maxsize=None)
-def _functional_class():
-  x = keras.Input((1,))
-  return type(keras.Model(x, x))
+# What compile, fit, evaluate and predict leave on a model, and the steps
+# keras_epi's multi-worker workaround sets on it: a copy gets its own.
+TRAINER = frozenset((
+    "_compile_config", "_compiled_trainable_state", "optimizer",
+    "stop_training", "_eval_epoch_iterator", "history", "stop_evaluating",
+    "stop_predicting", "train_step", "test_step", "_maybe_symbolic_build"))
 
 
 def _is_tracked(value):

@@ -15,6 +15,7 @@ neurons, MACs or predicted latency (`keras_epi.LatencyTable`).
 import collections.abc
 import functools
 import numbers
+import warnings
 
 import numpy as np
 
@@ -187,11 +188,13 @@ def select_channels(model, scores, ratio, *, budget="neurons", ignore=(),
   ```
   """
   check_arguments(ratio, budget, min_channels, round_to, latency_table)
-  return plan_channels(graph.analyze(model, ignore), scores, ratio,
-                       budget=budget, min_channels=min_channels,
-                       round_to=round_to, keep_stem=keep_stem,
-                       keep_residual=keep_residual,
+  analysis = graph.analyze(model, ignore)
+  keep = plan_channels(analysis, scores, ratio, budget=budget,
+                       min_channels=min_channels, round_to=round_to,
+                       keep_stem=keep_stem, keep_residual=keep_residual,
                        latency_table=latency_table)
+  check_plan(analysis, scores, keep, ratio, round_to, "select_channels")
+  return keep
 
 
 def plan_channels(analysis, scores, ratio, *, budget="neurons",
@@ -210,7 +213,12 @@ def plan_channels(analysis, scores, ratio, *, budget="neurons",
     if name not in sizes:
       raise ValueError(f"`scores` has group {name!r}, which the model does not "
                        f"have; its groups are {list(sizes)[:10]}.")
-    values = np.asarray(values, dtype=np.float64)
+    try:
+      values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+      raise ValueError(f"`scores[{name!r}]` must be an array of numbers, one "
+                       f"per channel, received a {type(values).__name__}: "
+                       f"{str(values)[:80]}.") from None
     if values.shape != (sizes[name],):
       raise ValueError(f"`scores[{name!r}]` has shape {values.shape}; the "
                        f"group has {sizes[name]} channels.")
@@ -222,7 +230,7 @@ def plan_channels(analysis, scores, ratio, *, budget="neurons",
       continue
     ranked[name] = np.argsort(-values, kind="stable")  # best first
   if not ranked:
-    raise ValueError(_NOTHING_TO_PRUNE)
+    raise ValueError(f"{_NOTHING_TO_PRUNE} {analysis.kept_whole_by()}".strip())
 
   cost = None
   if budget == "latency":
@@ -329,7 +337,7 @@ def max_latency_ratio_of(analysis, latency_table, min_channels, round_to,
   sizes = {g.name: g.size for g in analysis.groups}
   ranked = candidate_groups(analysis, keep_stem, keep_residual)
   if not ranked:
-    raise ValueError(_NOTHING_TO_PRUNE)
+    raise ValueError(f"{_NOTHING_TO_PRUNE} {analysis.kept_whole_by()}".strip())
   cost = _LatencyCost(analysis, latency_table, (), sizes)
   smallest = cost.predict(_smallest_plan(sizes, ranked, min_channels,
                                          round_to))
@@ -426,3 +434,24 @@ def check_arguments(ratio, budget, min_channels, round_to,
 def planned_macs(analysis, keep):
   """MACs of the model pruned by `keep`, without building it."""
   return plan_lib.ResolvedPlan(analysis, keep).macs()
+
+
+def check_plan(analysis, scores, keep, ratio, round_to, caller, stacklevel=3):
+  """Warnings where a plan says less than it seems: scores that do not rank
+  the channels (all equal, e.g. all zero: channels go by index order), and
+  a plan that removes nothing (`ratio` too small for the groups, or
+  `round_to` wider than them)."""
+  values = [np.asarray(scores[name], np.float64) for name in keep]
+  if values and np.ptp(np.concatenate(values)) == 0:
+    warnings.warn(
+        f"{caller}: every score of the groups it cuts is {values[0][0]:g}: "
+        "the scores do not rank the channels, which are then removed in "
+        "index order. Check the scores (a criterion that sees no gradient "
+        "or no weight gives all zeros).", UserWarning, stacklevel=stacklevel)
+  sizes = {g.name: g.size for g in analysis.groups}
+  if keep and all(len(kept) == sizes[name] for name, kept in keep.items()):
+    warnings.warn(
+        f"{caller}: the plan removes no channel (ratio={ratio:g}, round_to="
+        f"{round_to}, largest group {max(sizes[n] for n in keep)} channels):"
+        " the pruned model would be the dense one. Raise the ratio or lower "
+        "round_to.", UserWarning, stacklevel=stacklevel)

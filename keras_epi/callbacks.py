@@ -234,6 +234,7 @@ class EPICallback(keras.callbacks.Callback):
                                                               analysis))
     self.trigger.start(self.criterion, window=self.window,
                        threshold=self.threshold)
+    triggers_lib.check_epochs(self.trigger, self.params)
     self._scoring = scoring_lib.Scoring(
         model, self._pruning.groups, self.criterion, self._batchnorm,
         self._gamma_penalty, self.taylor_reduction)
@@ -321,6 +322,7 @@ class EPICallback(keras.callbacks.Callback):
         keep = self._pruning.plan(scores, self.prune_ratio, self.keep)
       if reason is None:
         reason = self._gradual.reason if self._gradual else self.trigger.name
+      self._pruning.check_plan(scores, keep, self.prune_ratio)
       self.run_state.record_prune(prune_epoch, reason, keep,
                                   self._handler.hands_over)
       self.pruned_model, self.surgeon = self._pruning.cut(self.model,

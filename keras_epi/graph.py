@@ -214,6 +214,8 @@ class Analysis:
     self.model_inputs = {}  # id(nested model) -> input labels, first call
     self._tied = {}  # layer path -> input labels of the first call
     self.unsupported = {}  # layer path -> reason
+    self.fixed_by = {}  # layer path -> class: layers that keep channels
+    self._classes_seen = {}  # layer path -> class name
     self._seen_paths = set()
 
     shapes = input_shapes or [tuple(t.shape[1:]) for t in model.inputs]
@@ -281,10 +283,17 @@ class Analysis:
       self._parent[hi] = lo
       self._parent[:self._size] = self.find(np.arange(self._size))
 
-  def fix(self, labels):
+  def fix(self, labels, by=None):
+    """Unites `labels` with FIXED; `by`: the layer that keeps them whole
+    (recorded in `fixed_by` where they were free)."""
     labels = np.asarray(labels, dtype=np.int64)
     if labels.size:
+      if by is not None and (self.find(labels) != FIXED).any():
+        self.fixed_by.setdefault(by, self._classes_seen.get(by, ""))
       self._union(labels, np.zeros(len(labels), dtype=np.int64))
+
+  def unite(self, a, b):
+    self._union(np.asarray(a, np.int64), np.asarray(b, np.int64))
 
   def fixed(self, n):
     labels = self._new(n)
@@ -297,6 +306,10 @@ class Analysis:
     return self._fresh[path]
 
   def merge(self, ins, n, path):
+    if n is None:  # a tensor of unknown width: one pseudo-channel, kept
+      for labels in ins:
+        self.fix(labels)
+      return self.fixed(1)
     full = [labels for labels in ins if len(labels) == n]
     if n is None or not full or any(len(l) not in (1, n) for l in ins):
       raise layers_lib.Unsupported(
@@ -334,11 +347,13 @@ class Analysis:
       return self._walk(op, ins, path + "/")
     out_shapes = self._output_shapes(node, ins)
     rule = layers_lib.rule_for(type(op))
+    if rule is not None and rule.reshape:
+      out_shapes = [layers_lib.filled_reshape(in_shapes[0], out_shapes[0])]
     if path in self.ignore or op.name in self.ignore:
       rule = layers_lib.IGNORED
     elif rule is None and isinstance(op, _L.Layer) and \
         internals.sublayers(op):
-      expansion = self._expansion(op, node, in_shapes, path)
+      expansion = self._expansion(op, node, in_shapes, out_shapes, path)
       if expansion is not None:
         self.layers[path] = op
         self.expansions[path] = expansion
@@ -351,6 +366,7 @@ class Analysis:
                               self.unsupported, path)
     if isinstance(op, _L.Layer):
       self.layers[path] = op
+    self._classes_seen[path] = type(op).__name__
     call = layers_lib.ChannelCall(self, path, in_labels, in_shapes,
                                   out_shapes, *internals.node_arguments(node))
     try:
@@ -391,15 +407,44 @@ class Analysis:
       return recorded  # keep the graph's own (possibly open) shapes
     return [tuple(t.shape[1:]) for t in keras.tree.flatten(out)]
 
-  def _expansion(self, op, node, in_shapes, path):
-    """A functional model of a composite layer's `call`, or None."""
+  def _expansion(self, op, node, in_shapes, out_shapes, path):
+    """A functional model of a composite layer's `call`, or None. A `call`
+    that cannot be traced on symbolic inputs (raw TensorFlow ops) is probed
+    on data instead: a layer that mixes its channels is kept whole, with a
+    warning; one that does not must be registered (its sublayers would be
+    cut blind)."""
     try:
       return functional.expand(op, node, in_shapes)
     except Exception as e:  # pylint: disable=broad-except
-      self.unsupported[path] = (
-          f"{type(op).__name__}: a composite layer whose `call` could not be "
-          f"traced on symbolic inputs ({type(e).__name__}: {e})")
+      traced = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
+    try:
+      mixes = not _probe.probe_elementwise(op, node, in_shapes, out_shapes)
+    except Exception as e:  # pylint: disable=broad-except
+      mixes = None
+      traced += f"; calling it on random data failed too ({e})"
+    if mixes:
+      logging.warning(
+          "keras_epi: layer '%s' (%s) is a composite layer whose call cannot "
+          "be traced on symbolic inputs (%s); called on data, it mixes its "
+          "channels, so its input and output channels are kept whole.", path,
+          type(op).__name__, traced)
       return None
+    self.unsupported[path] = (
+        f"{type(op).__name__}: a composite layer whose `call` could not be "
+        f"traced on symbolic inputs ({traced})")
+    return None
+
+  def kept_whole_by(self, limit=6):
+    """Which layers keep channels whole (they mix or normalise them), as a
+    sentence for error messages; empty where none does."""
+    if not self.fixed_by:
+      return ""
+    named = [f"'{p}' ({c})" for p, c in list(self.fixed_by.items())[:limit]]
+    more = len(self.fixed_by) - limit
+    return ("Channels are kept whole by " + ", ".join(named) +
+            (f" and {more} more" if more > 0 else "") +
+            ": layers that mix or normalise their channels, whose inputs "
+            "cannot be pruned exactly.")
 
   def _tie(self, path, ins):
     """A layer called more than once has one set of weights: unite inputs."""

@@ -6,6 +6,8 @@ score for channel ``i`` is the sum of its members' scores for the positions
 that carry channel ``i`` (HALP's convention for coupled groups).
 """
 
+import warnings
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -101,7 +103,7 @@ class TaylorScorer:
   @staticmethod
   def _group_terms(model, group):
     """[(kind, layer, positions)]: BN members, else producing members."""
-    bn, producers = [], []
+    bn, producers, plain_bn = [], [], None
     for path, positions in group.members:
       layer = graph.layer_at(model, path)
       if layer is None:
@@ -109,8 +111,19 @@ class TaylorScorer:
       if isinstance(layer, keras.layers.BatchNormalization):
         if layer.trainable and (layer.scale or layer.center):
           bn.append(("bn", layer, positions))
+        elif layer.trainable:
+          plain_bn = layer
       elif layer.trainable and layers_lib.output_filters(layer) is not None:
         producers.append(("filter", layer, positions))
+    if not bn and plain_bn is not None:
+      warnings.warn(
+          f"keras_epi: channel group '{group.name}' is normalised by "
+          f"'{plain_bn.name}' (BatchNormalization with center=False, "
+          "scale=False), so the first-order Taylor term of its filters is "
+          "zero (the loss does not change with their scale): its Taylor "
+          "scores are rounding noise. Use criterion='magnitude', or a "
+          "BatchNormalization with scale or center.", UserWarning,
+          stacklevel=5)
     return bn or producers
 
   def update(self, grads, variables):

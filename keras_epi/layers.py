@@ -35,6 +35,7 @@ as elementwise, and a composite layer is looked inside.
 
 import dataclasses
 import functools
+import math
 
 import keras
 import numpy as np
@@ -72,7 +73,7 @@ class LayerRule:
       BatchNormalization after it can be folded (`keras_epi.fold_batchnorm`).
     data_format: The layer has a `data_format` and supports channels_last
       only when pruned.
-    rebuild: ``rebuild(op, masks) -> op`` for operations that are not
+    rebuild: ``rebuild(op, masks, call) -> op`` for operations that are not
       rebuilt from a config (keras.ops with channel arguments), or None.
     auto: Made by probing an unregistered layer: the surgeon finds the
       config key of its width and checks the rebuilt layer numerically.
@@ -82,6 +83,9 @@ class LayerRule:
     follower: Its cost follows the width of the layer before it (a
       BatchNormalization or activation): `keras_epi.LatencyTable` times it
       with that layer.
+    reshape: It only rearranges the elements of its input: an output size
+      left open (a batch size traced as None made Keras' -1 unknown)
+      follows from the input's size (`filled_reshape`).
   """
   channels: object
   weights: dict = dataclasses.field(default_factory=dict)
@@ -94,6 +98,7 @@ class LayerRule:
   auto: bool = False
   residual: bool = False
   follower: bool = False
+  reshape: bool = False
 
   def weight_axes(self, weight_name):
     return self.weights.get(weight_name, ())
@@ -137,8 +142,13 @@ class ChannelCall:
     return self._analysis.produce(self.path, n)
 
   def fix(self, labels):
-    """Marks channels that must be kept."""
-    self._analysis.fix(labels)
+    """Marks channels that must be kept (this layer keeps them whole)."""
+    self._analysis.fix(labels, by=self.path)
+
+  def unite(self, a, b):
+    """Couples the channels of label arrays `a` and `b` (equal lengths)
+    pairwise: they are removed together."""
+    self._analysis.unite(a, b)
 
   def fixed(self, n):
     """Labels for `n` channels that must be kept."""
@@ -394,6 +404,19 @@ def flow_of(rule):
 
 
 # -- queries: what the other modules ask of a layer ---------------------------
+
+
+def filled_reshape(in_shape, out_shape):
+  """`out_shape` of a reshape of `in_shape` (per example) with its one open
+  size filled in from the element count; as it is otherwise."""
+  out_shape = tuple(out_shape)
+  if out_shape.count(None) != 1 or None in tuple(in_shape) or not in_shape:
+    return out_shape
+  known = math.prod(d for d in out_shape if d is not None)
+  total = math.prod(in_shape)
+  if not known or total % known:
+    return out_shape
+  return tuple(total // known if d is None else d for d in out_shape)
 
 
 def follows(call, producer):

@@ -24,6 +24,7 @@ class ResolvedPlan:
 
   def __init__(self, analysis, keep):
     self.analysis = analysis
+    self.keep = dict(keep)
     self.removed = removed_labels(analysis, keep)
     self._masks = {}
 

@@ -64,7 +64,8 @@ def prunable_groups(model, analysis, *, keep_stem, keep_residual,
         f"{[g.name for g in groups]}; keep_stem={keep_stem}, "
         f"keep_residual={keep_residual}, frozen groups kept whole: "
         f"{list(frozen)}). EPICallback needs trainable convolution or Dense "
-        "layers whose outputs are not model outputs (or prune_frozen=True).")
+        "layers whose outputs are not model outputs (or prune_frozen=True). "
+        f"{analysis.kept_whole_by()}")
   if all(min_channels >= g.size for g in prunable):
     warnings.warn(
         f"EPICallback: min_channels={min_channels} is at least the size of "
@@ -140,6 +141,11 @@ class Pruning:
         self.analysis, scores, ratio, budget=self.budget,
         latency_table=self.latency_table, min_channels=self.min_channels,
         round_to=self.round_to, keep_stem=False)
+
+  def check_plan(self, scores, keep, ratio):
+    """`budget.check_plan`'s warnings for the plan of the cut."""
+    budget_lib.check_plan(self.analysis, scores, keep, ratio, self.round_to,
+                          "EPICallback", stacklevel=6)
 
   def check_latency_target(self, ratio):
     """Plans once with flat scores, so that a latency target the table

@@ -247,6 +247,11 @@ class StateFile:
 def _write_atomically(path, data):
   tf.io.gfile.makedirs(os.path.dirname(path) or ".")
   tmp = f"{path}.tmp{os.getpid()}"
-  with tf.io.gfile.GFile(tmp, "wb") as f:
-    f.write(data)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  try:
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+      f.write(data)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+  except BaseException:  # a full disk, an interrupt: no .tmp left behind
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.remove(tmp)
+    raise

@@ -15,6 +15,7 @@ import numpy as np
 
 from keras_epi import _functional as functional
 from keras_epi import _keras_internals as internals
+from keras_epi import _model_class as model_class
 from keras_epi import graph
 from keras_epi import plan as plan_lib
 
@@ -106,26 +107,40 @@ class Surgeon:
       if not isinstance(op, _L.Layer):  # a keras.ops operation
         call = self._analysis.calls.get(path)
         if call is not None and call.rule.rebuild is not None:
-          return call.rule.rebuild(op, self.plan.masks(call))
+          return call.rule.rebuild(op, self.plan.masks(call), call)
         return op
       return self._layer(op, path)
 
     def call_for(op):
       new = operation_for(op)
-      if isinstance(new, keras.Model) and not isinstance(op, keras.Model):
-        # A composite layer whose sublayers changed: the functional model
-        # of its traced `call`, called on the same tensors.
-        def call_expansion(*args, **kwargs):
-          tensors = [t for t in keras.tree.flatten((args, kwargs))
-                     if isinstance(t, keras.KerasTensor)]
-          return new(tensors, training=kwargs.get("training"))
-        return call_expansion
-      return new
+      expanded = isinstance(new, keras.Model) and not isinstance(
+          op, keras.Model)
+
+      def call(*args, **kwargs):
+        if expanded:  # a composite layer whose sublayers changed: the
+          # functional model of its traced `call`, on the same tensors
+          args = ([t for t in keras.tree.flatten((args, kwargs))
+                   if isinstance(t, keras.KerasTensor)],)
+          kwargs = {"training": kwargs.get("training")}
+        try:
+          return new(*args, **kwargs)
+        except Exception as e:  # pylint: disable=broad-except
+          if isinstance(op, keras.Model):
+            raise
+          raise ValueError(
+              f"keras_epi: layer '{prefix}{op.name}' ({type(op).__name__}) "
+              f"does not take its pruned inputs: {_first_line(e)} Keep its "
+              f"channels with ignore=[{prefix + op.name!r}], or register it "
+              "(keras_epi.register_layer) with the weights that follow its "
+              "channels.") from e
+      return call
 
     new = functional.rebuild(
         model, inputs, operation_for, call_for,
-        make=lambda i, o: internals.functional_like(model, i, o,
-                                                    self._copier))
+        make=lambda i, o: model_class.functional_like(
+            model, i, o, self._copier,
+            None if prefix else (self.plan.keep, self._analysis.ignore,
+                                 self._analysis.groups)))
     self._models[id(model)] = new
     self._copier.use(model, new)
     if not prefix:
@@ -167,41 +182,75 @@ class Surgeon:
     return new
 
   def _rebuilt(self, layer, call):
-    """`layer` made anew from its config for the plan's widths."""
+    """`layer` for the plan's widths: made anew from its config, which its
+    rule rewrites; where the config does not round-trip (a regularizer or
+    activation that does not serialise, an `__init__` without `**kwargs`),
+    a copy whose width attributes are rewritten and whose variables are
+    made anew by its `build`. A stateless layer computes the same at any
+    width: it is copied."""
     path = call.path
+    if not layer.weights and call.rule.config is None:
+      return self._copy(layer, path)
     masks = self.plan.masks(call)
     n_in = int(masks["in"].sum()) if masks["in"] is not None else None
     n_out = int(masks["out"].sum())
-    try:
-      config = layer.get_config()
-    except NotImplementedError:
-      if layer.weights or call.rule.config is not None:
-        raise
-      # A stateless layer that cannot be serialised: it computes the same
-      # at any width, so the new model calls a copy of it (a plain Identity,
-      # which saves, where it is one).
-      if type(layer) is _L.Identity:  # pylint: disable=unidiomatic-typecheck
-        new = _L.Identity(name=layer.name, dtype=layer.dtype_policy.name)
-      else:
-        new = internals.stateless_copy(layer)
-      self._layers[path] = (layer, new)
-      return new
-    if call.rule.config is not None:
-      config = call.rule.config(layer, config, n_in, n_out)
     if call.rule.auto:
+      config = layer.get_config()
+      if call.rule.config is not None:
+        config = call.rule.config(layer, config, n_in, n_out)
       new = self._probed_layer(call, config, masks)
     else:
       try:
+        config = layer.get_config()
+        if call.rule.config is not None:
+          config = call.rule.config(layer, config, n_in, n_out)
         new = functional.layer_from_config(layer, config)
+        self._build_as_planned(new, call, masks)
       except Exception as e:  # pylint: disable=broad-except
-        raise ValueError(
-            f"keras_epi cannot rebuild layer '{path}' ({type(layer).__name__})"
-            f" with {n_out} output channels: its class cannot be made from "
-            f"its config ({type(e).__name__}: {e}). Make its get_config and "
-            "from_config round-trip (a `**kwargs` in __init__, serialisable "
-            "arguments), or keep its channels with "
-            f"ignore=[{path!r}].") from e
+        new = self._resized_copy(layer, call, masks, e)
     self._layers[path] = (layer, new)
+    return new
+
+  def _build_as_planned(self, new, call, masks):
+    """Builds `new` at the call's pruned input widths; a ValueError unless
+    its weights have the shapes the plan cuts the original's to."""
+    shapes = [(None, *s[:-1], int(m.sum()))
+              for s, m in zip(call.in_shapes, masks["ins"])]
+    if not new.built:
+      new.build(shapes[0] if len(shapes) == 1 else shapes)
+    expected = [plan_lib.cut(np.zeros(w.shape, bool),
+                             self.plan.cuts(call.path, w.name)).shape
+                for w in call.op.weights]
+    got = [tuple(w.shape) for w in new.weights]
+    if got != expected:
+      raise ValueError(f"its weights came out {got}, not {expected}")
+
+  def _resized_copy(self, layer, call, masks, error):
+    """`_rebuilt`'s copy of a layer whose config does not round-trip."""
+    n_in = int(masks["in"].sum()) if masks["in"] is not None else None
+    n_out = int(masks["out"].sum())
+    attributes = {k: v for k, v in vars(layer).items()
+                  if not k.startswith("_")}
+    rewritten = (call.rule.config(layer, dict(attributes), n_in, n_out)
+                 if call.rule.config is not None else attributes)
+    changes = {k: v for k, v in rewritten.items()
+               if k not in attributes or attributes[k] is not v}
+    shapes = [(None, *s[:-1], int(m.sum()))
+              for s, m in zip(call.in_shapes, masks["ins"])]
+    try:
+      new = internals.resized_copy(layer, changes,
+                                   shapes[0] if len(shapes) == 1 else shapes)
+      self._build_as_planned(new, call, masks)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(
+          f"keras_epi cannot rebuild layer '{call.path}' "
+          f"({type(layer).__name__}) with {n_out} output channels: its class "
+          f"cannot be made from its config ({type(error).__name__}: "
+          f"{_first_line(error)}), nor its copy rebuilt at the new widths "
+          f"({_first_line(e)}). Make "
+          "its get_config and from_config round-trip (a `**kwargs` in "
+          "__init__, serialisable arguments), or keep its channels with "
+          f"ignore=[{call.path!r}].") from error
     return new
 
   def _probed_layer(self, call, config, masks):
@@ -310,7 +359,7 @@ def check_calls(old, new, plan):
                else np.zeros(size))
       xs.append(value.astype(tensor.dtype))
     try:
-      outputs = new(keras.tree.pack_sequence_as(
+      outputs = new(xs[0] if len(xs) == 1 else keras.tree.pack_sequence_as(
           internals.inputs_struct(new), xs), training=False)
     except Exception as e:  # pylint: disable=broad-except
       _name_the_failing_layer(new, xs, e)
@@ -342,7 +391,18 @@ def _name_the_failing_layer(model, xs, error):
             f"ignore=[{op.name!r}], or register it "
             "(keras_epi.register_layer).") from e
     return call
-  functional.replay(model, xs, named)
+  if isinstance(model, keras.Sequential):
+    h = xs[0]
+    for layer in model.layers:
+      h = named(layer)(h)
+  else:
+    functional.replay(model, xs, named)
   raise ValueError(
       f"keras_epi: the pruned model '{model.name}' fails when called: "
       f"{type(error).__name__}: {error}") from error
+
+
+def _first_line(error):
+  """The first line of an error's message (Keras' run to many)."""
+  lines = str(error).strip().splitlines()
+  return lines[0] if lines else type(error).__name__

@@ -59,6 +59,8 @@ def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
     raise ValueError("keras_epi.fit needs a compiled model: call "
                      "model.compile(...) first.")
   epi = epi[0]
+  if epi.input_shape is None:
+    epi.input_shape = _open_sizes_from(model, x)
   run = _Run(model, epi, callbacks)
   with run.settings():
     pruned = run.resume_pruned()
@@ -262,6 +264,25 @@ class _PrunedPhase(keras.callbacks.Callback):
 
   def on_train_end(self, logs=None):
     self.epi.cost.stop()
+
+
+def _open_sizes_from(model, x):
+  """The per-example shapes of the training data where the model leaves
+  input sizes open (None), so MACs and budgets count what training sees;
+  None where the model's sizes are known or the data does not say."""
+  if all(None not in tuple(t.shape[1:]) for t in model.inputs):
+    return None
+  if isinstance(x, tf.data.Dataset):
+    spec = x.element_spec
+    x = spec[0] if isinstance(spec, tuple) else spec
+  elif isinstance(x, keras.utils.PyDataset):
+    x = x[0][0] if isinstance(x[0], tuple) else x[0]
+  shapes = [tuple(getattr(v, "shape", ())[1:])
+            for v in keras.tree.flatten(x)] if x is not None else []
+  if len(shapes) != len(model.inputs) or any(
+      d is None for s in shapes for d in s):
+    return None
+  return shapes[0] if len(shapes) == 1 else shapes
 
 
 def multi_worker_fit_workaround(model):

@@ -24,6 +24,7 @@ run's state, so that an interrupted run resumes with it.
 """
 
 import dataclasses
+import warnings
 
 import numpy as np
 
@@ -322,6 +323,21 @@ def settings(trigger, window, threshold, criterion):
   return (window, threshold, max(t.gradual_steps for t in found),
           any(t.ranks_batchnorm for t in found),
           next((t.gamma_penalty for t in found if t.gamma_penalty), 0.0))
+
+
+def check_epochs(trigger, params):
+  """A warning where a fixed prune epoch or a deadline of `trigger` lies
+  beyond the fit's last epoch (it would never prune)."""
+  epochs = (params or {}).get("epochs")
+  for t in chain(trigger):
+    due = getattr(t, "epoch", None) if isinstance(t, (AtEpoch,
+                                                       Deadline)) else None
+    if epochs is not None and due is not None and due > epochs:
+      argument = "prune_epoch" if isinstance(t, AtEpoch) else "prune_by"
+      warnings.warn(
+          f"EPICallback: {t!r} prunes after {due} dense epochs, but this fit "
+          f"has {epochs}: it will not prune. Lower `{argument}` or train "
+          "longer.", UserWarning, stacklevel=4)
 
 
 def from_policy(policy, prune_epoch=None, prune_by=None, gradual_steps=1,

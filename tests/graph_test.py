@@ -132,7 +132,6 @@ def test_model_inputs_and_outputs_are_never_in_a_group():
 
 @pytest.mark.parametrize("make_layer", [
     lambda: L.LayerNormalization(),
-    lambda: L.GroupNormalization(groups=2),
     lambda: L.Softmax(),
     lambda: L.Activation("softmax"),
     lambda: L.UnitNormalization(),
@@ -146,6 +145,21 @@ def test_layers_that_mix_channels_keep_their_inputs(make_layer):
   h = make_layer()(a)
   y = L.Dense(2)(L.Flatten()(h))
   assert "a" not in _groups(keras.Model(x, y))
+
+
+def test_group_normalization_couples_the_channels_of_each_group():
+  """Each norm group is normalised on its own, so removing whole groups is
+  exact: the channels of a group are one unit of the channel group."""
+  x = keras.Input((4, 4))
+  a = L.Conv1D(6, 1, name="a")(x)
+  h = L.GroupNormalization(groups=3, name="gn")(a)
+  y = L.Dense(2)(L.Flatten()(h))
+  groups = _groups(keras.Model(x, y))
+  assert groups["a"].size == 3
+  members = dict(groups["a"].members)
+  # Unit g is channels 2g and 2g + 1 of the conv and of the norm.
+  np.testing.assert_array_equal(members["a"], [[0, 1], [2, 3], [4, 5]])
+  np.testing.assert_array_equal(members["gn"], [[0, 1], [2, 3], [4, 5]])
 
 
 def test_layer_normalization_over_a_spatial_axis_keeps_channels_prunable():
