@@ -103,7 +103,7 @@ class LatencyTable:
   def measure(cls, model, *, batch_size=8, training=False,
               widths=(0.25, 0.5, 0.75, 1.0), repeats=5, warmup=2,
               ignore=(), calibrate=(0.0, 0.25, 0.5, 0.75), round_to=1,
-              cache_dir=None):
+              cache_dir=None, input_shape=None):
     """Times `model`'s counted layers at a grid of widths on this machine.
 
     Every call of a layer whose registry rule has a `macs` formula
@@ -172,6 +172,8 @@ class LatencyTable:
         `keras_epi.timing.same_machine`) is read back instead of measured
         again (its metadata then has ``"cached_from"``); a new one is
         saved there. None measures every time.
+      input_shape: The per-example input shape (a list for several inputs)
+        to time a model built on open sizes at, e.g. ``(224, 224, 3)``.
       round_to: Time widths that are multiples of this (as the planner's
         `round_to` keeps them). On many back ends a width off a multiple
         of 8 or 16 takes a slower kernel, so a table measured at round
@@ -189,7 +191,7 @@ class LatencyTable:
     return latency_measure.measure(
         cls, model, batch_size=batch_size, training=training, widths=widths,
         repeats=repeats, warmup=warmup, ignore=ignore, calibrate=calibrate,
-        round_to=round_to, cache_dir=cache_dir)
+        round_to=round_to, cache_dir=cache_dir, input_shape=input_shape)
 
   # -- predicting -----------------------------------------------------------
 

@@ -34,7 +34,8 @@ _MAX_FOLLOWERS = 2
 
 
 def measure(table_class, model, *, batch_size, training, widths, repeats,
-            warmup, ignore, calibrate, round_to, cache_dir=None):
+            warmup, ignore, calibrate, round_to, cache_dir=None,
+            input_shape=None):
   """`LatencyTable.measure` (see there); `table_class` makes the table."""
   batch_size = validation.integer("batch_size", batch_size, 1)
   repeats = validation.integer("repeats", repeats, 1)
@@ -44,17 +45,19 @@ def measure(table_class, model, *, batch_size, training, widths, repeats,
   calibrate = _calibration_fractions(calibrate)
   round_to = validation.integer("round_to", round_to, 1)
   started = time.perf_counter()
-  analysis = graph.analyze(model, ignore, strict=False)
+  shapes = graph.check_input_shapes(model, input_shape)
+  analysis = graph.analyze(model, ignore, strict=False, input_shapes=shapes)
   settings = {"batch_size": batch_size,
               "training": training, "widths": list(widths),
               "round_to": round_to, "repeats": repeats, "warmup": warmup,
               "calibrate": list(calibrate), "ignore": sorted(ignore),
+              "input_shape": shapes and [list(s) for s in shapes],
               "layers": _architecture(analysis)}
   if cache_dir is not None:
     cached = _cached(table_class, cache_dir, settings)
     if cached is not None:
       return cached
-  timer = _Timer(batch_size, training, warmup, repeats)
+  timer = _Timer(batch_size, training, warmup, repeats, shapes)
   entries, measured = {}, {}
   counted = plan_lib.counted_calls(analysis)
   for key, call in counted:
@@ -333,7 +336,8 @@ def _monotone(raw):
 class _Timer:
   """Medians of `predict_on_batch` / `train_on_batch` calls."""
 
-  def __init__(self, batch_size, training, warmup, repeats):
+  def __init__(self, batch_size, training, warmup, repeats, shapes=None):
+    self.shapes = shapes  # per-example input shapes of open-size models
     self.batch_size = batch_size
     self.training = training
     self.warmup = warmup
@@ -413,7 +417,9 @@ class _Timer:
             f"{e}") from e
       logging.info("LatencyTable: clone_model failed (%s); timing the "
                    "model itself.", e)
-    inputs = [keras.Input(t.shape[1:], dtype=t.dtype) for t in model.inputs]
+    shapes = self.shapes or [t.shape[1:] for t in model.inputs]
+    inputs = [keras.Input(s, dtype=t.dtype)
+              for s, t in zip(shapes, model.inputs)]
     outputs = keras.tree.flatten(model(inputs[0] if len(inputs) == 1
                                        else inputs))
     total = _per_example_mean(outputs[0])

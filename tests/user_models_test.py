@@ -351,3 +351,22 @@ def test_group_normalization_prunes_whole_groups():
   assert [n.groups for n in norms] == [1, 1]
   assert [n.gamma.shape[0] for n in norms] == [4, 4]
   assert pruned(_inputs(shape)).shape == (2, 3)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_latency_budget_on_open_input_sizes():
+  model, shape = _build("super_resolution")
+  table = keras_epi.LatencyTable.measure(
+      model, batch_size=2, widths=(0.5, 1.0), repeats=1, warmup=0,
+      calibrate=(), input_shape=shape)
+  assert table.metadata["input_shape"] == [list(shape)]
+  model.compile(optimizer="sgd", loss="mse")
+  x, y = _inputs(shape, n=4), np.zeros((4, 24, 24, 1), "float32")
+  cb = keras_epi.EPICallback(prune_ratio=0.2, budget="latency",
+                             latency_table=table, policy="fixed",
+                             prune_epoch=1, verbose=0, keep_stem=False)
+  small, _ = keras_epi.fit(model, x, y, epochs=2, batch_size=2, verbose=0,
+                           callbacks=[cb])
+  assert cb.prune_epoch == 1
+  assert keras_epi.count_macs(small, input_shape=shape) < (
+      keras_epi.count_macs(model, input_shape=shape))
