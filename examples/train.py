@@ -543,7 +543,7 @@ def main(argv):
         metrics=["accuracy"])
   # Keras 3's fit fails under MultiWorkerMirroredStrategy without this
   # (keras-team/keras#20585); keras_epi.fit applies it itself.
-  keras_epi.training.multi_worker_fit_workaround(model)
+  keras_epi.multi_worker_fit_workaround(model)
   dense_macs = keras_epi.count_macs(model)
   dense_params = model.count_params()
   dense_sizes = {g.name: g.size for g in keras_epi.channel_groups(model)}

@@ -16,11 +16,16 @@ Public API:
   triggers: when to prune (EPITrigger, EarlyBirdTrigger, AtEpoch, Deadline,
     Gradual, or a Trigger of your own), for EPICallback(trigger=...).
   fit: model.fit that continues training on the pruned model.
+  training_cost (EPICallback.training_cost, keras_epi.cost): what a run's
+    phases took.
   EarlyPruningIndicator, EarlyBirdIndicator: the stability indicators.
   fold_batchnorm: an inference copy with BatchNormalization folded into
     the convolutions before it (for export and timing).
-  register_layer, unregister_layer, LayerRule: teach keras_epi a layer type
-    (the layer registry, keras_epi.layers).
+  register_layer, unregister_layer, LayerRule, ChannelCall: teach keras_epi
+    a layer type (the layer registry, keras_epi.layers; a flow function
+    receives a ChannelCall).
+  multi_worker_fit_workaround: lets Keras 3's model.fit run under
+    MultiWorkerMirroredStrategy (keras_epi.fit applies it itself).
   timing: callables timed alternately, and the machine record (the timer of
     LatencyTable and of the benchmarks).
 """
@@ -39,17 +44,20 @@ from keras_epi.importance import magnitude_importance
 from keras_epi.indicators import EarlyBirdIndicator
 from keras_epi.indicators import EarlyPruningIndicator
 from keras_epi.latency import LatencyTable
+from keras_epi.layers import ChannelCall
 from keras_epi.layers import LayerRule
 from keras_epi.layers import register_layer
 from keras_epi.layers import unregister_layer
 from keras_epi.surgeon import prune_model
 from keras_epi.timed_plan import select_channels_timed
 from keras_epi.training import fit
+from keras_epi.training import multi_worker_fit_workaround
 from keras_epi.version import __version__
 from keras_epi import timing  # pylint: disable=g-bad-import-order
 from keras_epi import triggers  # pylint: disable=g-bad-import-order
 
 __all__ = [
+    "ChannelCall",
     "ChannelGroup",
     "EPICallback",
     "EarlyBirdIndicator",
@@ -63,6 +71,7 @@ __all__ = [
     "fold_batchnorm",
     "magnitude_importance",
     "max_latency_ratio",
+    "multi_worker_fit_workaround",
     "prune_model",
     "register_layer",
     "select_channels",

@@ -24,8 +24,8 @@ class ResolvedPlan:
 
   def __init__(self, analysis, keep):
     self.analysis = analysis
+    self.removed = removed_labels(analysis, keep)  # validates `keep`
     self.keep = dict(keep)
-    self.removed = removed_labels(analysis, keep)
     self._masks = {}
 
   def mask(self, labels):

@@ -8,36 +8,10 @@ import pytest
 
 import keras_epi
 from tests import oracle
+from tests.helpers import make_data
+from tests.helpers import make_model
 
 L = keras.layers
-
-
-def make_model(seed=0, optimizer=None):
-  """A small residual CNN with BN on a learnable task."""
-  keras.utils.set_random_seed(seed)
-  x = keras.Input((8, 8, 1))
-  h = L.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(x)
-  h = L.ReLU()(L.BatchNormalization(name="stem_bn")(h))
-  a = L.Conv2D(16, 3, padding="same", use_bias=False, name="c1")(h)
-  a = L.ReLU()(L.BatchNormalization(name="bn1")(a))
-  b = L.Conv2D(16, 3, padding="same", use_bias=False, name="c2")(a)
-  b = L.BatchNormalization(name="bn2")(b)
-  s = L.Conv2D(16, 1, use_bias=False, name="short")(h)
-  s = L.BatchNormalization(name="short_bn")(s)
-  h = L.ReLU()(L.Add()([b, s]))
-  y = L.Dense(2, name="fc")(L.GlobalAveragePooling2D()(h))
-  model = keras.Model(x, y)
-  model.compile(optimizer or keras.optimizers.SGD(0.05, momentum=0.9),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"])
-  return model
-
-
-def make_data(n=256, seed=0):
-  rng = np.random.default_rng(seed)
-  x = rng.normal(size=(n, 8, 8, 1)).astype("float32")
-  y = (x[:, :4].mean(axis=(1, 2, 3)) > 0).astype("int32")
-  return x, y
 
 
 def test_fit_logs_epi_fires_and_masked_equals_pruned(tmp_path):

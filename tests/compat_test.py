@@ -26,8 +26,8 @@ import pytest
 import tensorflow as tf
 
 import keras_epi
-from tests.callbacks_test import make_data
-from tests.callbacks_test import make_model
+from tests.helpers import make_data
+from tests.helpers import make_model
 
 RUNNERS = ("model.fit", "keras_epi.fit")
 

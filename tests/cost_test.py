@@ -5,8 +5,8 @@ import pytest
 
 import keras_epi
 from keras_epi import cost as cost_lib
-from tests.callbacks_test import make_data
-from tests.callbacks_test import make_model
+from tests.helpers import make_data
+from tests.helpers import make_model
 
 
 class _Clock:

@@ -331,11 +331,12 @@ def test_tflite_without_folding_keeps_the_callers_model(tmp_path):
   assert sum(isinstance(l, L.BatchNormalization) for l in model.layers) == 3
 
 
-def _converted(model, quantize=None):
-  """The flatbuffer keras_epi.export would write for `model`."""
-  inputs = keras.tree.flatten(model.inputs)
-  return export._convert(model, inputs, export._input_names(inputs),
-                         quantize, None)
+def _converted(model, directory):
+  """The flatbuffer keras_epi.export_tflite writes for `model`."""
+  path = os.path.join(directory, "converted.tflite")
+  keras_epi.export_tflite(model, path, fold_batchnorm=False)
+  with open(path, "rb") as f:
+    return f.read()
 
 
 def _perturbed(model, value):
@@ -349,7 +350,7 @@ def _perturbed(model, value):
 def test_tflite_check_fails_when_the_flatbuffer_computes_something_else(
     tmp_path, monkeypatch):
   model = _residual_cnn()
-  wrong = _converted(_perturbed(model, 0.1))
+  wrong = _converted(_perturbed(model, 0.1), tmp_path)
   monkeypatch.setattr(export, "_convert", lambda *args: wrong)
   path = tmp_path / "m.tflite"
   with pytest.raises(RuntimeError, match="output_0 at batch size 4 .*"
@@ -369,7 +370,7 @@ def test_tflite_check_fails_on_non_finite_outputs_even_quantised(
     tmp_path, monkeypatch):
   # What the from_concrete_functions route gives for a Keras 3 model.
   model = _residual_cnn()
-  wrong = _converted(_perturbed(model, np.nan))
+  wrong = _converted(_perturbed(model, np.nan), tmp_path)
   monkeypatch.setattr(export, "_convert", lambda *args: wrong)
   for quantize in (None, "dynamic"):
     with pytest.raises(RuntimeError, match="not finite"):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import keras_epi
-from tests.callbacks_test import make_data
-from tests.callbacks_test import make_model
+from tests.helpers import make_data
+from tests.helpers import make_model
 
 
 class _Interrupt(keras.callbacks.Callback):

@@ -2,7 +2,7 @@
 
   python -m tests.kill_worker DIR RUNNER [KILL_AT]
 
-trains the small residual CNN of tests/callbacks_test.py for 5 epochs with
+trains the small residual CNN of tests/helpers.py for 5 epochs with
 an EPICallback that prunes after 2 dense epochs and a
 `keras.callbacks.BackupAndRestore(DIR/backup)`, through RUNNER ("fit":
 `keras_epi.fit`; "model.fit": plain `model.fit`, masking). KILL_AT sends the
@@ -28,8 +28,8 @@ import tensorflow as tf
 
 import keras_epi
 from keras_epi import state as state_lib
-from tests.callbacks_test import make_data
-from tests.callbacks_test import make_model
+from tests.helpers import make_data
+from tests.helpers import make_model
 
 EPOCHS = 5
 PRUNE_EPOCH = 2

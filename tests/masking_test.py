@@ -8,28 +8,10 @@ import keras_epi
 from keras_epi import graph
 from keras_epi import masking
 from tests import oracle
-from tests.callbacks_test import make_data
+from tests.helpers import make_data
+from tests.helpers import sigmoid_model
 
 L = keras.layers
-
-
-def sigmoid_model(batchnorm):
-  """Convolutions followed by sigmoid (sigmoid(0) = 0.5), optionally through
-  BatchNormalization, and a Dense layer after global pooling."""
-  keras.utils.set_random_seed(0)
-  x = keras.Input((8, 8, 1))
-  h = L.Conv2D(8, 3, padding="same", name="stem")(x)
-  h = L.Conv2D(12, 3, padding="same", name="c1")(h)
-  if batchnorm:
-    h = L.BatchNormalization(name="bn1")(h)
-  h = L.Activation("sigmoid")(h)
-  h = L.Conv2D(12, 3, padding="same", name="c2")(h)
-  h = L.Activation("sigmoid")(h)
-  y = L.Dense(2, name="fc")(L.GlobalAveragePooling2D()(h))
-  model = keras.Model(x, y)
-  model.compile(keras.optimizers.Adam(1e-2),
-                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  return model
 
 
 @pytest.mark.parametrize("batchnorm", [False, True])

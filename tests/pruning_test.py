@@ -8,7 +8,7 @@ import keras_epi
 from keras_epi import graph
 from keras_epi import pruning
 from tests import oracle
-from tests.masking_test import sigmoid_model
+from tests.helpers import sigmoid_model
 
 L = keras.layers
 

@@ -10,8 +10,8 @@ import pytest
 
 import keras_epi
 from keras_epi import state as state_lib
-from tests.callbacks_test import make_data
-from tests.callbacks_test import make_model
+from tests.helpers import make_data
+from tests.helpers import make_model
 
 
 def _state(epochs):

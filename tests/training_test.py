@@ -8,8 +8,8 @@ import pytest
 
 import keras_epi
 from keras_epi import training
-from tests.callbacks_test import make_data
-from tests.callbacks_test import make_model
+from tests.helpers import make_data
+from tests.helpers import make_model
 
 
 def test_fit_continues_on_the_pruned_model_with_one_history():

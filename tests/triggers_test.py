@@ -6,8 +6,8 @@ import pytest
 import keras_epi
 from keras_epi import indicators
 from keras_epi import triggers
-from tests.callbacks_test import make_data
-from tests.callbacks_test import make_model
+from tests.helpers import make_data
+from tests.helpers import make_model
 
 
 def _sub(epoch, widths, epi_history=()):

@@ -86,10 +86,10 @@ def test_more_families_prune_exactly_out_of_the_box(name):
 
 
 @pytest.mark.parametrize("name", ["ConvNeXtTiny", "InceptionResNetV2"])
-def test_formerly_ignored_families_reach_their_mac_cut(name):
-  # LayerScale and CustomScaleLayer needed `ignore=` before; now the budget
-  # reaches inside every block. (ConvNeXt's residual streams pass through
-  # LayerNormalization over the channels, which keeps them whole.)
+def test_probed_per_channel_layers_let_the_mac_budget_reach_every_block(name):
+  # LayerScale and CustomScaleLayer are probed per-channel layers, so the
+  # budget reaches inside every block. (ConvNeXt's residual streams pass
+  # through LayerNormalization over the channels, which keeps them whole.)
   model, _ = zoo_models.ZOO_MODELS[name]()
   groups = keras_epi.channel_groups(model)
   keep = keras_epi.select_channels(
