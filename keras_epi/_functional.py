@@ -10,6 +10,7 @@ layer's `call` traced into a functional model of its own sublayers
 import weakref
 
 import keras
+import numpy as np
 
 from keras_epi import _keras_internals as internals
 
@@ -210,3 +211,35 @@ def layer_from_config(layer, config):
                      trainable=config["trainable"],
                      **internals.lambda_config(layer))
   return type(layer).from_config(config)
+
+
+def check_input_shapes(model, input_shape, argument="input_shape"):
+  """`input_shape` as a list of per-example shapes, one per model input,
+  or None; a ValueError naming `argument` where it does not fit the model.
+
+  `input_shape` is one shape (a model with one input) or a list of them;
+  each must have the rank of its model input and agree with every size the
+  model fixes, and may not leave a size open that the model leaves open.
+  """
+  if input_shape is None:
+    return None
+  check_model(model)
+  expected = [tuple(t.shape[1:]) for t in model.inputs]
+  shapes = input_shape
+  if len(expected) == 1 and isinstance(shapes, (tuple, list)) and all(
+      d is None or isinstance(d, (int, np.integer)) for d in shapes):
+    shapes = [shapes]
+  ok = isinstance(shapes, (list, tuple)) and len(shapes) == len(expected)
+  if ok:
+    shapes = [tuple(s) if isinstance(s, (list, tuple)) else s for s in shapes]
+    ok = all(isinstance(s, tuple) and len(s) == len(e) and all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and
+        d >= 1 and (m is None or m == d) for d, m in zip(s, e))
+             for s, e in zip(shapes, expected))
+  if not ok:
+    raise ValueError(
+        f"`{argument}` must give the per-example shape of every input of "
+        f"model '{model.name}' (without the batch axis, every size known "
+        f"and equal to the sizes the model fixes): the model's inputs are "
+        f"{expected}; received {argument}={input_shape!r}.")
+  return [tuple(int(d) for d in s) for s in shapes]

@@ -21,11 +21,13 @@ serialise, the functional graph and the attributes are saved instead.
 
 import functools
 import importlib
+import inspect
 import json
 
 import keras
 
 from keras_epi import _keras_internals as internals
+from keras_epi import graph
 
 REGISTERED_NAME = "keras_epi>PrunedModel"
 _KEY = "keras_epi"
@@ -61,6 +63,13 @@ def functional_like(old, inputs, outputs, copier, plan=None):
 
 
 _RECIPE = "_keras_epi_recipe"
+# `keras_epi.prune_model`, which builds a recipe's model again (the surgeon
+# gives it with `use_pruner`; it imports this module, not this module it).
+_PRUNER = [None]
+
+
+def use_pruner(prune_model):
+  _PRUNER[0] = prune_model
 
 
 def _recipe(old, plan):
@@ -93,7 +102,6 @@ def _revivable(cls):
 
 
 def _functional_constructor(cls):
-  import inspect  # pylint: disable=g-import-not-at-top
   spec = inspect.getfullargspec(cls.__init__)
   functional = inspect.getfullargspec(functional_class().__init__)
   return spec.args[1:] == functional.args[1:] or (
@@ -134,12 +142,11 @@ class _Pruned:
     config = dict(config)
     meta = config.pop(_KEY)
     if "recipe" in meta:
-      from keras_epi import surgeon  # pylint: disable=g-import-not-at-top
       recipe = meta["recipe"]
       dense = keras.saving.deserialize_keras_object(
           recipe["dense"], custom_objects=custom_objects)
-      return surgeon.prune_model(dense, _plan_of(dense, recipe),
-                                 ignore=recipe["ignore"])
+      return _PRUNER[0](dense, _plan_of(dense, recipe),
+                        ignore=recipe["ignore"])
     base = getattr(importlib.import_module(meta["module"]), meta["class"])
     model = keras.Model.from_config.__func__(pruned_class(base), config,
                                               custom_objects)
@@ -158,7 +165,6 @@ class _Pruned:
 def _plan_of(dense, recipe):
   """A recipe's plan for the rebuilt `dense`: by group name, or, where the
   names differ, by the groups' order (their sizes must agree)."""
-  from keras_epi import graph  # pylint: disable=g-import-not-at-top
   groups = graph.channel_groups(dense, ignore=recipe["ignore"])
   names = {g.name for g in groups}
   if all(name in names for name, *_ in recipe["keep"]):

@@ -75,3 +75,19 @@ def path(name, value):
     raise ValueError(f"`{name}` must be None or a directory path (a "
                      f"string), received {value!r}.")
   return os.fspath(value)
+
+
+def fractions(name, values, interval):
+  """`values` (an iterable of numbers, each in `interval` as in `number`)
+  as a list of floats, or a ValueError naming it."""
+  low, high = (float(v) for v in interval[1:-1].split(", "))
+  ok = not isinstance(values, (str, bytes)) and hasattr(values, "__iter__")
+  values = list(values) if ok else values
+  if ok:
+    ok = all(is_number(f) and (low < f if interval[0] == "(" else low <= f)
+             and (f < high if interval[-1] == ")" else f <= high)
+             for f in values)
+  if not ok or (interval[0] == "(" and not values):
+    raise ValueError(f"`{name}` must be fractions in {interval}, received "
+                     f"{name}={values!r}.")
+  return [float(f) for f in values]

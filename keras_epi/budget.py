@@ -19,6 +19,7 @@ import warnings
 
 import numpy as np
 
+from keras_epi import _functional as functional
 from keras_epi import _validation as validation
 from keras_epi import graph
 from keras_epi import latency as latency_lib
@@ -65,7 +66,7 @@ def count_macs(model, keep=None, *, ignore=(), input_shape=None,
   >>> keras_epi.count_macs(keras.applications.ResNet50(weights=None))
   3857973248
   """
-  shapes = graph.check_input_shapes(model, input_shape)
+  shapes = functional.check_input_shapes(model, input_shape)
   analysis = graph.analyze(model, ignore, strict=keep is not None,
                            input_shapes=shapes)
   masks = plan_lib.ResolvedPlan(analysis, keep) if keep is not None else None

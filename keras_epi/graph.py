@@ -16,16 +16,8 @@ layer as its rule in the layer registry (`keras_epi.layers`) says:
   channels such as LayerNormalization over the channel axis, layers named in
   ``ignore``) are united with a special FIXED label.
 
-Layers that no rule covers are handled where keras_epi can be sure:
-
-* a layer without sublayers is probed numerically: if every output channel
-  depends on the same channel of its inputs only (a LayerScale, a custom
-  per-channel affine map), it is elementwise, its weights are cut along the
-  channel axis, and the surgeon checks the rebuilt layer on random data;
-* a composite layer (a subclassed layer whose `call` runs other layers and
-  keras.ops) is looked inside: its `call` is traced on symbolic inputs and the
-  resulting graph is walked like a nested model, so its sublayers are pruned
-  and the pruned model holds that graph in its place.
+A layer no rule covers is probed on data (`keras_epi._probe`), or walked
+through its traced `call` if it is composite (`_functional.expand`).
 
 Shapes are those of the outermost call: a nested model built on
 ``(None, None, 3)`` and called on a fixed-size input is walked with the fixed
@@ -124,41 +116,9 @@ def analyze(model, ignore=(), strict=True, input_shapes=None):
   With ``strict=False`` layers keras_epi cannot prune through are kept
   whole instead of raising (used by `count_macs`). `input_shapes` (per
   model input, without the batch axis) replaces the model's own input
-  shapes, e.g. to fill in open spatial sizes (see `check_input_shapes`).
+  shapes, e.g. to fill in open spatial sizes (see `_functional.check_input_shapes`).
   """
   return Analysis(model, ignore, strict, input_shapes)
-
-
-def check_input_shapes(model, input_shape, argument="input_shape"):
-  """`input_shape` as a list of per-example shapes, one per model input,
-  or None; a ValueError naming `argument` where it does not fit the model.
-
-  `input_shape` is one shape (a model with one input) or a list of them;
-  each must have the rank of its model input and agree with every size the
-  model fixes, and may not leave a size open that the model leaves open.
-  """
-  if input_shape is None:
-    return None
-  functional.check_model(model)
-  expected = [tuple(t.shape[1:]) for t in model.inputs]
-  shapes = input_shape
-  if len(expected) == 1 and isinstance(shapes, (tuple, list)) and all(
-      d is None or isinstance(d, (int, np.integer)) for d in shapes):
-    shapes = [shapes]
-  ok = isinstance(shapes, (list, tuple)) and len(shapes) == len(expected)
-  if ok:
-    shapes = [tuple(s) if isinstance(s, (list, tuple)) else s for s in shapes]
-    ok = all(isinstance(s, tuple) and len(s) == len(e) and all(
-        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and
-        d >= 1 and (m is None or m == d) for d, m in zip(s, e))
-             for s, e in zip(shapes, expected))
-  if not ok:
-    raise ValueError(
-        f"`{argument}` must give the per-example shape of every input of "
-        f"model '{model.name}' (without the batch axis, every size known "
-        f"and equal to the sizes the model fixes): the model's inputs are "
-        f"{expected}; received {argument}={input_shape!r}.")
-  return [tuple(int(d) for d in s) for s in shapes]
 
 
 @dataclasses.dataclass

@@ -41,11 +41,13 @@ def measure(table_class, model, *, batch_size, training, widths, repeats,
   repeats = validation.integer("repeats", repeats, 1)
   warmup = validation.integer("warmup", warmup, 0)
   training = validation.boolean("training", training)
-  widths = _fractions(widths)
-  calibrate = _calibration_fractions(calibrate)
+  widths = sorted(set(validation.fractions("widths", widths, "(0, 1]")) |
+                  {1.0})
+  calibrate = sorted(set(validation.fractions("calibrate", calibrate,
+                                              "[0, 1)")))
   round_to = validation.integer("round_to", round_to, 1)
   started = time.perf_counter()
-  shapes = graph.check_input_shapes(model, input_shape)
+  shapes = functional.check_input_shapes(model, input_shape)
   analysis = graph.analyze(model, ignore, strict=False, input_shapes=shapes)
   settings = {"batch_size": batch_size,
               "training": training, "widths": list(widths),
@@ -477,33 +479,3 @@ def fit_calibration(points):
 
 
 # -- metadata and validation --------------------------------------------------
-
-
-def _fractions(widths):
-  if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
-    raise ValueError(f"`widths` must be fractions in (0, 1], received "
-                     f"{widths!r}.")
-  widths = list(widths)
-  if not widths or not all(validation.is_number(f) and 0.0 < f <= 1.0
-                           for f in widths):
-    raise ValueError(f"`widths` must be fractions in (0, 1], received "
-                     f"{widths!r}.")
-  return sorted({float(f) for f in widths} | {1.0})
-
-
-def _calibration_fractions(values):
-  if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-    raise ValueError(f"`calibrate` must be fractions in [0, 1), received "
-                     f"{values!r}.")
-  values = list(values)
-  if not all(validation.is_number(f) and 0.0 <= f < 1.0 for f in values):
-    raise ValueError(f"`calibrate` must be fractions in [0, 1), received "
-                     f"{values!r}.")
-  return sorted({float(f) for f in values})
-
-
-def _positive_int(name, value):
-  if not validation.is_integer(value) or value < 1:
-    raise ValueError(f"`{name}` must be an integer >= 1, received "
-                     f"{value!r}.")
-  return int(value)

@@ -20,6 +20,7 @@ import warnings
 from absl import logging
 import numpy as np
 
+from keras_epi import _functional as functional
 from keras_epi import budget as budget_lib
 from keras_epi import graph
 from keras_epi import masking
@@ -85,7 +86,7 @@ def for_fit(model, params, *, ignore, input_shape, keep_stem, keep_residual,
   check_init_steps(params, init_steps, at_start, criterion, gradual_steps)
   analysis = graph.analyze(
       model, ignore,
-      input_shapes=graph.check_input_shapes(model, input_shape))
+      input_shapes=functional.check_input_shapes(model, input_shape))
   frozen, groups = prunable_groups(
       model, analysis, keep_stem=keep_stem, keep_residual=keep_residual,
       prune_frozen=prune_frozen, min_channels=min_channels)

@@ -339,6 +339,8 @@ class Surgeon:
     new.assign(value)
 
 
+model_class.use_pruner(prune_model)  # for Pruned models read from a file
+
 CHECK_BATCH_SIZES = (1, 2)
 _OPEN_SIZE = 32  # per open input size in the check
 
