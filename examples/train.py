@@ -339,6 +339,20 @@ class HistoryCSV(keras.callbacks.CSVLogger):
     super().on_epoch_end(epoch, logs)
 
 
+def write_cost(log_dir, cost, seconds):
+  """The run's cost to TensorBoard: each phase in seconds (step 0), and
+  each epoch's wall time (step = epoch)."""
+  writer = tf.summary.create_file_writer(log_dir)
+  with writer.as_default():
+    for name, value in {**cost, **{f"phase_{k}": v
+                                   for k, v in seconds.items()}}.items():
+      if isinstance(value, (int, float)):
+        tf.summary.scalar(f"cost/{name}", value, step=0)
+    for epoch, value in enumerate(cost.get("epoch_seconds", [])):
+      tf.summary.scalar("cost/epoch_seconds", value, step=epoch)
+  writer.flush()
+
+
 def deployable(model, dataset, image_size):
   """`model` behind the preprocessing of `data.preprocess`, as Keras
   layers: uint8 images in, logits out. final.keras, the SavedModel and the
@@ -627,6 +641,9 @@ def main(argv):
     plot(os.path.join(model_dir, "epi.png"), epi, epi.threshold, dense_sizes)
   seconds["total"] = time.perf_counter() - started
   summary["seconds"] = seconds
+  if epi is not None:
+    write_cost(os.path.join(model_dir, "logs", "cost"), epi.training_cost,
+               seconds)
   with open(os.path.join(model_dir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   logging.info(

@@ -62,6 +62,8 @@ def test_trainer_writes_every_output(quick_run):
       v for k, v in summary["seconds"].items() if k != "total")
   cost = summary["training_cost"]
   assert cost["dense_epochs"] == 1 and cost["pruned_epochs"] == 1
+  assert any(f.startswith("events.out") for f in os.listdir(
+      os.path.join(model_dir, "logs", "cost")))  # and to TensorBoard
   assert cost["total_seconds"] <= summary["train_seconds"]
   # Undefined EPI is null in every record (never 0.0), the widths cover
   # every group, the stem included.
