@@ -47,7 +47,7 @@ setuptools.setup(
         "test": ["pytest>=7", "pytest-xdist>=3", "keras-hub>=0.20,<0.33"] +
                 _EXAMPLES,
         "bench": _EXAMPLES,
-        # The peer compared against in benchmarks/tfmot_peer.py. It needs
+        # The peer compared against in benchmarks/study/tfmot_peer.py. It needs
         # Keras 2 (TF_USE_LEGACY_KERAS=1, its own process); keras_epi never
         # imports it.
         "peer": ["tf_keras>=2.16", "tensorflow-model-optimization>=0.8"],

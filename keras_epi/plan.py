@@ -77,6 +77,15 @@ def round_width(width, round_to, size, min_channels=1):
   return int(np.clip(value, min(min_channels, size), size))
 
 
+def cut_shape(shape, cuts):
+  """The shape `cut` gives an array of `shape`, without making one."""
+  shape = list(shape)
+  for axis, mask in cuts:
+    if shape and shape[axis] == len(mask):
+      shape[axis] = int(np.sum(mask))
+  return tuple(shape)
+
+
 def cut(value, cuts):
   """Keeps the masked entries of `value` along each (axis, mask) cut."""
   value = np.asarray(value)

@@ -218,8 +218,7 @@ class Surgeon:
               for s, m in zip(call.in_shapes, masks["ins"])]
     if not new.built:
       new.build(shapes[0] if len(shapes) == 1 else shapes)
-    expected = [plan_lib.cut(np.zeros(w.shape, bool),
-                             self.plan.cuts(call.path, w.name)).shape
+    expected = [plan_lib.cut_shape(w.shape, self.plan.cuts(call.path, w.name))
                 for w in call.op.weights]
     got = [tuple(w.shape) for w in new.weights]
     if got != expected:
@@ -259,8 +258,7 @@ class Surgeon:
     layer = call.op
     shapes = [(None, *s[:-1], int(m.sum()))
               for s, m in zip(call.in_shapes, masks["ins"])]
-    expected = [plan_lib.cut(np.zeros(w.shape, bool),
-                             self.plan.cuts(call.path, w.name)).shape
+    expected = [plan_lib.cut_shape(w.shape, self.plan.cuts(call.path, w.name))
                 for w in layer.weights]
     old_width = len(masks["out"])
     candidates = [None] + [k for k, v in config.items()
