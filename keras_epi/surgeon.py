@@ -116,23 +116,17 @@ class Surgeon:
       expanded = isinstance(new, keras.Model) and not isinstance(
           op, keras.Model)
 
+      named = _named(new, prefix + op.name, type(op).__name__,
+                     "does not take its pruned inputs")
+
       def call(*args, **kwargs):
         if expanded:  # a composite layer whose sublayers changed: the
           # functional model of its traced `call`, on the same tensors
           args = ([t for t in keras.tree.flatten((args, kwargs))
                    if isinstance(t, keras.KerasTensor)],)
           kwargs = {"training": kwargs.get("training")}
-        try:
-          return new(*args, **kwargs)
-        except Exception as e:  # pylint: disable=broad-except
-          if isinstance(op, keras.Model):
-            raise
-          raise ValueError(
-              f"keras_epi: layer '{prefix}{op.name}' ({type(op).__name__}) "
-              f"does not take its pruned inputs: {_first_line(e)} Keep its "
-              f"channels with ignore=[{prefix + op.name!r}], or register it "
-              "(keras_epi.register_layer) with the weights that follow its "
-              "channels.") from e
+        return (new if isinstance(op, keras.Model) else named)(*args,
+                                                               **kwargs)
       return call
 
     new = functional.rebuild(
@@ -214,8 +208,7 @@ class Surgeon:
   def _build_as_planned(self, new, call, masks):
     """Builds `new` at the call's pruned input widths; a ValueError unless
     its weights have the shapes the plan cuts the original's to."""
-    shapes = [(None, *s[:-1], int(m.sum()))
-              for s, m in zip(call.in_shapes, masks["ins"])]
+    shapes = _pruned_shapes(call, masks)
     if not new.built:
       new.build(shapes[0] if len(shapes) == 1 else shapes)
     expected = [plan_lib.cut_shape(w.shape, self.plan.cuts(call.path, w.name))
@@ -234,8 +227,7 @@ class Surgeon:
                  if call.rule.config is not None else attributes)
     changes = {k: v for k, v in rewritten.items()
                if k not in attributes or attributes[k] is not v}
-    shapes = [(None, *s[:-1], int(m.sum()))
-              for s, m in zip(call.in_shapes, masks["ins"])]
+    shapes = _pruned_shapes(call, masks)
     try:
       new = internals.resized_copy(layer, changes,
                                    shapes[0] if len(shapes) == 1 else shapes)
@@ -256,8 +248,7 @@ class Surgeon:
     """A probed elementwise layer rebuilt for its new width: its config is
     used as it is, or with the one integer entry that holds the width."""
     layer = call.op
-    shapes = [(None, *s[:-1], int(m.sum()))
-              for s, m in zip(call.in_shapes, masks["ins"])]
+    shapes = _pruned_shapes(call, masks)
     expected = [plan_lib.cut_shape(w.shape, self.plan.cuts(call.path, w.name))
                 for w in layer.weights]
     old_width = len(masks["out"])
@@ -380,17 +371,8 @@ def _name_the_failing_layer(model, xs, error):
   """Calls `model`'s operations one by one on `xs`; raises a ValueError
   naming the first that fails (or `error`'s message if none does)."""
   def named(op):
-    def call(*args, **kwargs):
-      try:
-        return op(*args, **kwargs)
-      except Exception as e:  # pylint: disable=broad-except
-        raise ValueError(
-            f"keras_epi: the pruned model fails when called (at batch size "
-            f"{len(xs[0])}) in layer '{op.name}' ({type(op).__name__}): "
-            f"{type(e).__name__}: {e}. Keep the layer as it is with "
-            f"ignore=[{op.name!r}], or register it "
-            "(keras_epi.register_layer).") from e
-    return call
+    return _named(op, op.name, type(op).__name__,
+                  f"fails when called (at batch size {len(xs[0])})")
   if isinstance(model, keras.Sequential):
     h = xs[0]
     for layer in model.layers:
@@ -400,6 +382,27 @@ def _name_the_failing_layer(model, xs, error):
   raise ValueError(
       f"keras_epi: the pruned model '{model.name}' fails when called: "
       f"{type(error).__name__}: {error}") from error
+
+
+def _named(op, path, class_name, failure):
+  """`op`, called so that a failure is a ValueError naming the layer at
+  `path` with the fix."""
+  def call(*args, **kwargs):
+    try:
+      return op(*args, **kwargs)
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(
+          f"keras_epi: layer '{path}' ({class_name}) {failure}: "
+          f"{type(e).__name__}: {_first_line(e)} Keep its channels with "
+          f"ignore=[{path!r}], or register it (keras_epi.register_layer) "
+          "with the weights that follow its channels.") from e
+  return call
+
+
+def _pruned_shapes(call, masks):
+  """The per-call input shapes (batch None) at the plan's widths."""
+  return [(None, *s[:-1], int(m.sum()))
+          for s, m in zip(call.in_shapes, masks["ins"])]
 
 
 def _first_line(error):
