@@ -63,12 +63,14 @@ def _check_close(got, want, expr):
 
 def test_the_checks_themselves():
   code, note = snippets("<!-- readme-test: 30 => 2 -->\n```python\n"
-                        "n = 30  # -> 2\nm = n * 2 # -> ~4.1\n```\n")[0]
+                        "n = 30\nn  # -> 2\nn * 2  # -> ~4.1\n```\n")[0]
   namespace = {"_check_equal": _check_equal, "_check_close": _check_close}
   exec(prepared(code, note), namespace)  # pylint: disable=exec-used
-  assert namespace["m"] == 4
+  assert namespace["n"] == 2
   with pytest.raises(AssertionError, match="gives 2, the README says 3"):
-    exec(prepared("n = 2  # -> 3\n", ""), namespace)  # pylint: disable=exec-used
+    exec(prepared("n  # -> 3\n", ""), namespace)  # pylint: disable=exec-used
+  with pytest.raises(AssertionError, match="says about 3"):
+    exec(prepared("n  # -> ~3\n", ""), namespace)  # pylint: disable=exec-used
   assert prepared("x = 1\n", "skip (needs the network)") is None
 
 
