@@ -23,6 +23,7 @@ import tensorflow as tf
 import keras
 
 import keras_epi
+from keras_epi import timing
 
 _MODEL = flags.DEFINE_string("model", "ResNet50",
                              "keras.applications model name.")
@@ -33,8 +34,8 @@ _BUDGET = flags.DEFINE_enum("budget", "macs", ["macs", "neurons"],
 _ROUND_TO = flags.DEFINE_integer("round_to", 8,
                                  "Kept widths are multiples of this.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Batch for timing.")
-_REPEATS = flags.DEFINE_integer("repeats", 5,
-                                "Timed rounds per model (median reported).")
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 5, "Alternated timing rounds (keras_epi.timing).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None,
                                   "Where the pruned model and summary go.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
@@ -52,13 +53,6 @@ class DemoConfig:
   repeats: int
   output_dir: str
   seed: int
-
-
-def _seconds_per_batch(forward, x, batches=3):
-  start = time.perf_counter()
-  for _ in range(batches):
-    forward(x).numpy()
-  return (time.perf_counter() - start) / batches
 
 
 def main(argv):
@@ -102,19 +96,18 @@ def main(argv):
   reload_error = float(np.max(np.abs(reloaded.predict(x, verbose=0) -
                                      pruned.predict(x, verbose=0))))
 
-  forwards = {name: tf.function(lambda t, m=m: m(t, training=False))
-              for name, m in (("dense", dense), ("pruned", pruned))}
-  times = {name: [] for name in forwards}
-  for name, forward in forwards.items():
-    _seconds_per_batch(forward, x, batches=1)  # trace and warm up
-  for _ in range(config.repeats):  # alternate: the machine is shared
-    for name, forward in forwards.items():
-      times[name].append(_seconds_per_batch(forward, x))
-  median = {name: float(np.median(t)) for name, t in times.items()}
+  calls = {}
+  for name, model in (("dense", dense), ("pruned", pruned)):
+    forward = tf.function(lambda t, m=model: m(t, training=False))
+    calls[name] = lambda f=forward: f(x)
+  # Alternated rounds (the machine is shared): medians and the paired ratio.
+  timed = timing.time_alternately(calls, rounds=config.repeats, warmup=1,
+                                  num_calls=3)
+  median = timed["median_seconds"]
 
   macs = {"dense": keras_epi.count_macs(dense),
           "pruned": keras_epi.count_macs(pruned)}
-  speedup = median["dense"] / median["pruned"]
+  speedup = 1.0 / timed["ratio"]["pruned"]
   summary = {
       "model": config.model,
       "groups": len(groups),

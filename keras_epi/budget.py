@@ -165,7 +165,7 @@ def select_channels(model, scores, ratio, *, budget="neurons", ignore=(),
       `ChannelGroup.residual`); the budget is then met inside the blocks.
       On CPUs, where time follows activations more than MACs, this gives
       the most speed per MAC removed in inverted-residual nets
-      (benchmarks/results/inference_speed_keep_residual.md).
+      (benchmarks/inference_speed/results/inference_speed_keep_residual.md).
     latency_table: A `keras_epi.LatencyTable` measured on `model` (or on
       the model it was pruned from); required with ``budget="latency"``
       and only then.

@@ -13,7 +13,7 @@ which removes the normalisation's element-wise passes over the activations,
 and leaves Conv + BiasAdd + activation, a pattern TensorFlow's graph optimiser
 fuses into one kernel. On CPU, where small networks spend much of their time
 in such per-activation passes, this is what a deployed model should be timed
-as (benchmarks/inference_speed.py `--fold_batchnorm`).
+as (benchmarks/inference_speed/run.py `--fold_batchnorm`).
 
 `export_tflite` writes a TensorFlow Lite flatbuffer (float32, or quantised)
 of a Keras model, BatchNormalization folded first by default, and checks it
