@@ -16,7 +16,8 @@ widths) could not load a pruned instance; it becomes a subclass made here,
 as its recipe: the dense model's serialisation and the plan, which
 `keras.saving.load_model` (where keras_epi is imported) builds and cuts
 again before it loads the weights. Where the dense model does not
-serialise, the functional graph and the attributes are saved instead.
+serialise, or its config does not give back its weights' shapes, the
+functional graph and the attributes are saved instead.
 """
 
 import functools
@@ -89,7 +90,19 @@ def _recipe(old, plan):
   order = {g.name: (i, g.size) for i, g in enumerate(groups)}
   return {"dense": dense, "ignore": list(ignore),
           "keep": [[name, *order[name], [int(i) for i in kept]]
-                   for name, kept in keep.items()]}
+                   for name, kept in keep.items()],
+          "shapes": [list(w.shape) for w in old.weights]}
+
+
+def _rebuilds(recipe):
+  """Whether the dense model a recipe serialises comes back with the
+  original's weights: some classes' configs do not describe the model
+  they made (then the functional graph is saved instead)."""
+  try:
+    dense = keras.saving.deserialize_keras_object(recipe["dense"])
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return [list(w.shape) for w in dense.weights] == recipe["shapes"]
 
 
 def _revivable(cls):
@@ -117,8 +130,10 @@ class _Pruned:
 
   def get_config(self):
     recipe = self.__dict__.get(_RECIPE)
-    if recipe is not None:
-      return {"name": self.name, _KEY: {"recipe": recipe}}
+    if recipe is not None and recipe.setdefault("rebuilds",
+                                                _rebuilds(recipe)):
+      saved = {k: recipe[k] for k in ("dense", "ignore", "keep")}
+      return {"name": self.name, _KEY: {"recipe": saved}}
     config = functional_class().get_config(self)
     base = type(self).__mro__[2]  # Pruned<Class>(_Pruned, Class)
     in_graph = {id(layer): layer.name for layer in self.layers}

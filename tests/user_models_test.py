@@ -370,3 +370,17 @@ def test_a_latency_budget_on_open_input_sizes():
   assert cb.prune_epoch == 1
   assert keras_epi.count_macs(small, input_shape=shape) < (
       keras_epi.count_macs(model, input_shape=shape))
+
+
+def test_a_hub_model_whose_config_does_not_give_it_back_reloads(tmp_path):
+  """keras_hub's EfficientNet backbone rebuilt from its config has another
+  top width than the one it was made with: the pruned model is saved as its
+  functional graph instead of its recipe, and reloads equal."""
+  from tests import hub_models  # pylint: disable=g-import-not-at-top
+  model, shape = hub_models.HUB_MODELS["EfficientNetV1"]()
+  pruned = keras_epi.prune_model(model, keras_epi.uniform_plan(model, 0.5))
+  pruned.save(tmp_path / "p.keras")
+  loaded = keras.saving.load_model(tmp_path / "p.keras")
+  assert isinstance(loaded, type(model))
+  x = _inputs(shape)
+  assert oracle.relative_error(loaded(x), pruned(x)) <= 1e-6

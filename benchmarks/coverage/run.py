@@ -48,8 +48,10 @@ _CONVS = (_L.Conv1D, _L.Conv2D, _L.Conv3D, _L.Conv1DTranspose,
 def _models(only):
   """[(source, name, builder)] in table order, restricted to `only`."""
   from tests import hub_models  # pylint: disable=g-import-not-at-top
+  from tests import user_models  # pylint: disable=g-import-not-at-top
   models = [("zoo", n, b) for n, b in zoo_models.ZOO_MODELS.items()] + [
-      ("hub", n, b) for n, b in hub_models.HUB_MODELS.items()]
+      ("hub", n, b) for n, b in hub_models.HUB_MODELS.items()] + [
+          ("user", n, b) for n, b in user_models.USER_MODELS.items()]
   if only:
     models = [m for m in models if m[1] in only or f"{m[0]}:{m[1]}" in only]
     missing = set(only) - {x for s, n, _ in models for x in (n, f"{s}:{n}")}
@@ -134,8 +136,8 @@ def _measure(config, row, builder, workdir):
                prunable_channels=int(sum(g.size for g in groups[1:])))
   row["output_channels"] = step("output_channels",
                                 lambda: _output_channels(model, set()))
-  row["macs_dense"] = dense = step("count_macs",
-                                   lambda: keras_epi.count_macs(model))
+  row["macs_dense"] = dense = step(  # at the example size (open sizes)
+      "count_macs", lambda: keras_epi.count_macs(model, input_shape=shape))
   if nchw:
     row.update(macs_hand_count=zoo_models.CHANNELS_FIRST_MACS,
                macs_match_hand_count=dense == zoo_models.CHANNELS_FIRST_MACS)
@@ -150,8 +152,9 @@ def _measure(config, row, builder, workdir):
                   lambda: keras_epi.prune_model(model, keep, ignore=ignore))
     row["prune_seconds"] = time.perf_counter() - t
   if pruned is not None:
-    row["macs_plan"] = macs = step("count_macs_pruned",
-                                   lambda: keras_epi.count_macs(pruned))
+    row["macs_plan"] = macs = step(
+        "count_macs_pruned",
+        lambda: keras_epi.count_macs(pruned, input_shape=shape))
     if macs is not None and dense:
       row["macs_plan_fraction"] = macs / dense
     row["params_plan"] = int(pruned.count_params())
@@ -254,7 +257,8 @@ def main(config):
       handler.messages = []
       row = {"source": source, "model": name, "errors": {},
              "error_messages": {}, "family": (
-                 "keras_hub" if source == "hub" else "custom layers"
+                 "keras_hub" if source == "hub" else "users' models"
+                 if source == "user" else "custom layers"
                  if name.startswith("custom_") else name
                  if name == "channels_first" else "keras.applications"
                  if hasattr(keras.applications, name) else "keras.io")}
