@@ -184,6 +184,15 @@ def load_builtins(register):
 def add_builtin(layer_class, rule):
   """A built-in rule; a class registered already keeps its own."""
   _REGISTRY.setdefault(layer_class, rule)
+  _BUILTIN.add(id(_REGISTRY[layer_class]))
+
+
+def is_builtin(rule):
+  """Whether `rule` is one of keras_epi's own (a Keras layer or op)."""
+  return id(rule) in _BUILTIN
+
+
+_BUILTIN = set()  # ids of the built-in rules
 
 
 def register_layer(layer_class, *, channels, weights=None, width=None,

@@ -17,6 +17,7 @@ from keras_epi import _functional as functional
 from keras_epi import _keras_internals as internals
 from keras_epi import _model_class as model_class
 from keras_epi import graph
+from keras_epi import layers as layers_lib
 from keras_epi import plan as plan_lib
 
 _L = keras.layers
@@ -28,14 +29,22 @@ def prune_model(model, keep, *, ignore=()):
   Every weight of a surviving channel is copied: conv, dense and transposed
   conv kernels on both channel axes, biases, BatchNormalization gamma, beta
   and moving statistics, depthwise and separable kernels, PReLU slopes, and
-  the per-channel weights of registered or probed layers. Layer names, dtype
-  policies, regularizers and all other configuration are preserved; nested
-  models are rebuilt as nested models, and a composite custom layer is
-  replaced by a functional model of its pruned sublayers (same name, same
-  outputs). The result is a plain Keras model: it saves as `.keras` and
-  loads back with `keras.saving.load_model` (custom layers need their usual
-  registration). The input model is not modified and shares no variables
-  with the result.
+  the per-channel weights of registered or probed layers. A layer that
+  loses channels is made from its config at the new widths (its weights'
+  shapes checked against the plan), or, where its config does not
+  round-trip, as a copy with its width attributes and variables made anew;
+  every other layer, and a composite layer with nothing cut inside, is an
+  object copy with new variables of the same values. A composite layer
+  with channels cut inside becomes a functional model of its traced `call`
+  (same name, same outputs). The result has `model`'s class and attributes
+  (`keras_epi._model_class`: a class that rebuilds itself from constructor
+  arguments, as keras_hub's do, becomes its ``Pruned`` subclass), saves as
+  `.keras` and loads back where Keras loads `model`. Where anything was
+  made other than by a built-in rule (a traced composite, a rebuilt
+  keras.ops call, a registered or resized layer), the model is called on
+  random inputs at batch sizes 1 and 2 before it is returned, and a layer
+  that fails is named. The input model is not modified and shares no
+  variables with the result.
 
   Args:
     model: A built functional or Sequential `keras.Model`.
@@ -45,12 +54,14 @@ def prune_model(model, keep, *, ignore=()):
       were computed.
 
   Returns:
-    A new `keras.Model` (Sequential if `model` is Sequential).
+    A new model of `model`'s class (Sequential if `model` is Sequential).
 
   Raises:
     ValueError: if `keep` names an unknown group, has out-of-range, repeated
-      or no indices for a group, or the model cannot be analysed (see
-      `keras_epi.channel_groups`).
+      or no indices for a group, the model cannot be analysed (see
+      `keras_epi.channel_groups`), a layer cannot be rebuilt at its new
+      widths, or the pruned model fails when called (the message names the
+      layer and the fix).
 
   Example:
   >>> groups = keras_epi.channel_groups(model)
@@ -77,6 +88,10 @@ class Surgeon:
     self._models = {}  # id(old model) -> new model
     self._layers = {}  # path -> (old layer, new layer)
     self._copied = set()  # paths of layers copied as they are
+    # What keras_epi did not make by a built-in rule at the new widths (a
+    # traced composite, a rebuilt keras.ops call, a user's layer, a resized
+    # copy): the model is then called before it is returned.
+    self.untried = []
     # Untouched layers are copied as objects (their class, attributes and
     # `call`), with what was rebuilt in place of the originals they hold.
     self._copier = internals.Copier()
@@ -101,13 +116,17 @@ class Surgeon:
       if isinstance(op, keras.Model):
         return self.model(op, path + "/")
       if path in self._analysis.expansions and self._changed_inside(path):
+        self.untried.append(path)
         return self.model(self._analysis.expansions[path], path + "/")
       if path in self._analysis.expansions:
         return self._copy(op, path)
       if not isinstance(op, _L.Layer):  # a keras.ops operation
         call = self._analysis.calls.get(path)
         if call is not None and call.rule.rebuild is not None:
-          return call.rule.rebuild(op, self.plan.masks(call), call)
+          new = call.rule.rebuild(op, self.plan.masks(call), call)
+          if new is not op:
+            self.untried.append(path)
+          return new
         return op
       return self._layer(op, path)
 
@@ -140,7 +159,8 @@ class Surgeon:
     if not prefix:
       self._load_weights()
       self._check_probed_layers()
-      check_calls(model, new, self.plan)
+      if self.untried:
+        check_calls(model, new, self.plan)
     return new
 
   def _changed_inside(self, path):
@@ -183,6 +203,8 @@ class Surgeon:
     made anew by its `build`. A stateless layer computes the same at any
     width: it is copied."""
     path = call.path
+    if not layers_lib.is_builtin(call.rule):
+      self.untried.append(path)  # a user's layer at new widths
     if not layer.weights and call.rule.config is None:
       return self._copy(layer, path)
     masks = self.plan.masks(call)
@@ -202,6 +224,7 @@ class Surgeon:
         self._build_as_planned(new, call, masks)
       except Exception as e:  # pylint: disable=broad-except
         new = self._resized_copy(layer, call, masks, e)
+        self.untried.append(path)  # a copy made narrower
     self._layers[path] = (layer, new)
     return new
 
@@ -350,8 +373,7 @@ def check_calls(old, new, plan):
                else np.zeros(size))
       xs.append(value.astype(tensor.dtype))
     try:
-      outputs = new(xs[0] if len(xs) == 1 else keras.tree.pack_sequence_as(
-          internals.inputs_struct(new), xs), training=False)
+      outputs = new(_as_inputs(new, xs), training=False)
     except Exception as e:  # pylint: disable=broad-except
       _name_the_failing_layer(new, xs, e)
       raise  # not reached: _name_the_failing_layer raises
@@ -365,6 +387,14 @@ def check_calls(old, new, plan):
             f"shape {tuple(got.shape)} at batch size {batch}; the model "
             f"gives {expected}. Please report this; pass the layers before "
             "that output in `ignore=` meanwhile.")
+
+
+def _as_inputs(model, xs):
+  """`xs` in the structure `model` was built with (a list of one input is
+  passed as a list, so Keras does not warn that the structures differ)."""
+  if isinstance(model, keras.Sequential):
+    return xs[0]
+  return keras.tree.pack_sequence_as(internals.inputs_struct(model), xs)
 
 
 def _name_the_failing_layer(model, xs, error):
