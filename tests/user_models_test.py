@@ -156,25 +156,58 @@ def test_open_input_sizes_in_model_fit_need_input_shape_for_macs():
 # -- one test per message --------------------------------------------------
 
 
-class _FixedBatch(L.Layer):
-  """Works at batch size 2 only (a reshape with the batch written in)."""
+class _FixedWidth(L.Layer):
+  """Checks its input width on concrete inputs only (symbolic calls pass):
+  once cut, the pruned model breaks when called, not when built."""
+
+  def __init__(self, width, **kwargs):
+    super().__init__(**kwargs)
+    self.width = width
 
   def call(self, x):
-    return keras.ops.reshape(x, (2, *x.shape[1:]))
+    if x.shape[0] is not None and x.shape[-1] != self.width:
+      raise ValueError(f"expected width {self.width}")
+    return x
+
+  def get_config(self):
+    return {**super().get_config(), "width": self.width}
 
 
 def test_a_pruned_model_that_fails_when_called_names_the_layer():
-  keras_epi.register_layer(_FixedBatch, channels="elementwise")
+  keras_epi.register_layer(_FixedWidth, channels="elementwise")
   try:
     x = keras.Input((4,))
     h = L.Dense(6, name="d")(x)
-    model = keras.Model(x, L.Dense(2)(_FixedBatch(name="fixed_batch")(h)))
-    with pytest.raises(ValueError, match=r"(?s)layer 'fixed_batch' "
-                       r"\(_FixedBatch\) fails when called \(at batch size "
-                       r"1\).*ignore=\['fixed_batch'\]"):
+    model = keras.Model(x, L.Dense(2)(_FixedWidth(6, name="fixed")(h)))
+    with pytest.raises(ValueError, match=r"(?s)layer 'fixed' "
+                       r"\(_FixedWidth\) fails when called \(at batch size "
+                       r"1\).*ignore=\['fixed'\]"):
       keras_epi.prune_model(model, {"d": [0, 1, 2]})
   finally:
-    keras_epi.unregister_layer(_FixedBatch)
+    keras_epi.unregister_layer(_FixedWidth)
+
+
+class _ScaleAtBatch2(L.Layer):
+  """A per-channel scale (probed) that runs at batch size 2 only."""
+
+  def build(self, input_shape):
+    self.scale = self.add_weight(shape=(input_shape[-1],),
+                                 initializer="random_normal")
+
+  def call(self, x):
+    return keras.ops.reshape(x * self.scale, (2, *x.shape[1:]))
+
+
+def test_a_model_that_runs_at_one_batch_size_only_is_checked_there():
+  x = keras.Input((4,))
+  h = L.Dense(6, name="d")(x)
+  model = keras.Model(x, L.Dense(2, name="out")(_ScaleAtBatch2(name="s")(h)))
+  keep = {"d": np.array([0, 1, 2])}
+  oracle.zero_channels(model, keras_epi.channel_groups(model), keep)
+  pruned = keras_epi.prune_model(model, keep)
+  xs = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
+  np.testing.assert_allclose(pruned(xs), model(xs), atol=1e-6)
+  assert pruned.get_layer("s").scale.shape == (3,)
 
 
 class _Width(L.Layer):
