@@ -107,7 +107,8 @@ def rebuild(model, inputs, operation_for, call_for=None, make=None):
                                          inputs)
     new = (make(inputs, outputs) if make is not None else
            keras.Model(inputs=inputs, outputs=outputs, name=model.name))
-  new.trainable = model.trainable
+  if new.trainable != model.trainable:  # the setter sets every layer's too
+    new.trainable = model.trainable
   return new
 
 

@@ -39,8 +39,8 @@ import warnings
 from absl import logging
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_epi import _backend as backend
 from keras_epi import _functional as functional
 from keras_epi import _keras_internals as internals
 from keras_epi import layers as layers_lib
@@ -164,6 +164,8 @@ def export_tflite(model, path, *, quantize=None, representative_data=None,
     `check_data` is `None`.
 
   Raises:
+    ImportError: where TensorFlow, which the conversion needs on every
+      Keras backend, is not installed.
     ValueError: if an argument is invalid (the message names it), or if
       `model` has no defined inputs (a subclassed model).
     RuntimeError: if the check fails: the float32 model differs from the
@@ -176,6 +178,7 @@ def export_tflite(model, path, *, quantize=None, representative_data=None,
   ...                         quantize="dynamic", check_data=x[:8])
   0.0021...
   """
+  _tensorflow()  # before any work
   inputs = _model_inputs(model)
   path = os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
   if not isinstance(path, str) or not path or os.path.isdir(path):
@@ -278,6 +281,7 @@ def _input_arrays(inputs, data, argument):
 
 def _convert(model, inputs, names, quantize, representative):
   """The flatbuffer's bytes (see the module docstring for the route)."""
+  tf = _tensorflow()
   specs = [tf.TensorSpec(tensor.shape, tensor.dtype, name=name)
            for tensor, name in zip(inputs, names)]
   nested = len(inputs) > 1
@@ -318,7 +322,12 @@ def _interpreter(content):
     pass
   with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=_INTERPRETER_DEPRECATED)
-    return tf.lite.Interpreter(model_content=content)
+    return _tensorflow().lite.Interpreter(model_content=content)
+
+
+def _tensorflow():
+  """TensorFlow, which TFLite conversion needs (on any Keras backend)."""
+  return backend.tensorflow("keras_epi.export_tflite (TFLite conversion)")
 
 
 def _check(content, model, names, arrays, tolerance, quantize):

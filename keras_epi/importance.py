@@ -10,8 +10,8 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_epi import _backend as backend
 from keras_epi import graph
 from keras_epi import layers as layers_lib
 
@@ -74,14 +74,16 @@ class TaylorScorer:
   Taylor_pruning) or ``mean(|s_i|)`` ("abs", HALP).
 
   `update` is called from inside the optimizer's `apply` with the gradients
-  the train step has already computed (no second backward pass). Under a
-  `tf.distribute` strategy each replica's ``s`` comes from its share of the
-  global batch (Keras scales the per-replica loss by 1/replicas), so the
+  the train step has already computed (no second backward pass), on any
+  backend (`keras_epi._backend.StepSum` says where the sums are kept). Under
+  a `tf.distribute` strategy each replica's ``s`` comes from its share of
+  the global batch (Keras scales the per-replica loss by 1/replicas), so the
   replicas' ``s`` are summed with an all-reduce before squaring: the result
-  equals the single-device score for the same global batch. Batches whose
-  ``s`` is not finite are skipped and counted in `skipped`; `calls`
-  counts the batches seen (a loss-scale optimizer does not call the inner
-  optimizer, so not `update`, for the steps it skips).
+  equals the single-device score for the same global batch, as it is under
+  JAX's `keras.distribution`, whose gradients are of the global batch.
+  Batches whose ``s`` is not finite are skipped and counted in `skipped`;
+  `calls` counts the batches seen (a loss-scale optimizer does not call the
+  inner optimizer, so not `update`, for the steps it skips).
   """
 
   def __init__(self, model, groups, reduction="square"):
@@ -91,14 +93,8 @@ class TaylorScorer:
     self.reduction = reduction
     self.groups = list(groups)
     self._terms = [self._group_terms(model, g) for g in self.groups]
-    total = sum(g.size for g in self.groups)
-    with model.distribute_strategy.scope():
-      kwargs = dict(trainable=False,
-                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-      self.total = tf.Variable(tf.zeros([total], tf.float32), **kwargs)
-      self.steps = tf.Variable(0, dtype=tf.int64, **kwargs)
-      self.skipped = tf.Variable(0, dtype=tf.int64, **kwargs)
-      self.calls = tf.Variable(0, dtype=tf.int64, **kwargs)
+    self._sum = backend.StepSum(model, sum(g.size for g in self.groups),
+                                reduction)
 
   @staticmethod
   def _group_terms(model, group):
@@ -127,41 +123,45 @@ class TaylorScorer:
     return bn or producers
 
   def update(self, grads, variables):
-    """Adds one batch. Runs in replica context inside the train step."""
+    """Adds one batch. Runs inside the train step (in replica context under
+    a `tf.distribute` strategy)."""
+    ops = keras.ops
     grad_of = {id(v): g for g, v in zip(grads, variables) if g is not None}
     parts = []
     for group, terms in zip(self.groups, self._terms):
-      s = tf.zeros([group.size], tf.float32)
+      s = ops.zeros([group.size], "float32")
       for kind, layer, positions in terms:
         per_channel = (_bn_taylor if kind == "bn" else _filter_taylor)(
             layer, grad_of)
         if per_channel is None:
           continue
         valid = positions >= 0
-        gathered = tf.gather(per_channel, np.where(valid, positions, 0))
-        gathered *= tf.constant(valid, tf.float32)
+        gathered = ops.take(per_channel, np.where(valid, positions, 0),
+                            axis=0)
+        gathered = gathered * ops.convert_to_tensor(valid, "float32")
         if len(positions.shape) == 2:
-          gathered = tf.reduce_sum(gathered, axis=1)
-        s += gathered
+          gathered = ops.sum(gathered, axis=1)
+        s = s + gathered
       parts.append(s)
-    s = tf.concat(parts, axis=0)
-    context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
-      s = context.all_reduce(tf.distribute.ReduceOp.SUM, s)
-    finite = tf.reduce_all(tf.math.is_finite(s))
-    score = tf.square(s) if self.reduction == "square" else tf.abs(s)
-    self.total.assign_add(tf.where(finite, score, tf.zeros_like(score)))
-    self.steps.assign_add(tf.cast(finite, tf.int64))
-    self.skipped.assign_add(tf.cast(tf.logical_not(finite), tf.int64))
-    self.calls.assign_add(1)
+    self._sum.add(ops.concatenate(parts, axis=0))
+
+  @property
+  def skipped(self):
+    """Batches whose scores were not finite, since the scorer was made."""
+    return self._sum.counts()[1]
+
+  @property
+  def calls(self):
+    """Batches seen (`update` calls) since the scorer was made."""
+    return self._sum.counts()[2]
 
   def result(self):
     """``{group name: mean score over the interval}`` (NumPy), or None when
     no batch was scored."""
-    steps = int(self.steps.numpy())
+    steps = self._sum.counts()[0]
     if steps == 0:
       return None
-    total = self.total.numpy().astype(np.float64) / steps
+    total = self._sum.total() / steps
     scores, start = {}, 0
     for group in self.groups:
       scores[group.name] = total[start:start + group.size]
@@ -169,8 +169,7 @@ class TaylorScorer:
     return scores
 
   def reset(self):
-    self.total.assign(tf.zeros_like(self.total))
-    self.steps.assign(0)
+    self._sum.reset()
 
 
 def _bn_taylor(layer, grad_of):
@@ -179,8 +178,7 @@ def _bn_taylor(layer, grad_of):
   for weight in (getattr(layer, "gamma", None), getattr(layer, "beta", None)):
     if weight is None or id(weight) not in grad_of:
       continue
-    term = tf.cast(weight.value, tf.float32) * tf.cast(grad_of[id(weight)],
-                                                       tf.float32)
+    term = _product(weight, grad_of)
     s = term if s is None else s + term
   return s
 
@@ -192,17 +190,23 @@ def _filter_taylor(layer, grad_of):
     axis = layers_lib.output_axis(layer, weight.name)
     if axis is None or id(weight) not in grad_of:
       continue
-    product = tf.cast(weight.value, tf.float32) * tf.cast(grad_of[id(weight)],
-                                                          tf.float32)
+    product = _product(weight, grad_of)
     if axis == "depthwise":
-      product = tf.reshape(product, [-1, product.shape[-2] *
-                                     product.shape[-1]])
+      product = keras.ops.reshape(product, [-1, product.shape[-2] *
+                                            product.shape[-1]])
       axis = -1
     ndim = len(product.shape)
     axis %= ndim
-    term = tf.reduce_sum(product, axis=[a for a in range(ndim) if a != axis])
+    term = keras.ops.sum(product,
+                         axis=tuple(a for a in range(ndim) if a != axis))
     s = term if s is None else s + term
   return s
+
+
+def _product(weight, grad_of):
+  """``w * dL/dw`` in float32 (the weight's value in the step)."""
+  return (keras.ops.cast(weight.value, "float32") *
+          keras.ops.cast(grad_of[id(weight)], "float32"))
 
 
 def batchnorm_gamma_importance(model, groups):

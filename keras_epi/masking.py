@@ -25,8 +25,8 @@ disagree.
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_epi import _backend as backend
 from keras_epi import plan as plan_lib
 
 
@@ -118,13 +118,13 @@ def unmasked(masks):
               ~m, tuple(v.shape))])]
 
 
-def make_mask_function(masks):
-  """A `tf.function` that multiplies every variable by its mask."""
-  pairs = [(v, tf.constant(m, dtype=v.dtype)) for v, m in masks]
+def make_mask_function(masks, model):
+  """A function that multiplies every variable by its mask, with `model`'s
+  variables made current first where the backend keeps them elsewhere
+  during a fit (`keras_epi._backend.sync_variables`)."""
+  apply = backend.masking_function(masks)
 
-  @tf.function
   def apply_masks():
-    for variable, mask in pairs:
-      variable.assign(variable * mask)
-
+    backend.sync_variables(model)
+    apply()
   return apply_masks

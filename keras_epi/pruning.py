@@ -20,6 +20,7 @@ import warnings
 from absl import logging
 import numpy as np
 
+from keras_epi import _backend as backend
 from keras_epi import _functional as functional
 from keras_epi import budget as budget_lib
 from keras_epi import graph
@@ -194,8 +195,9 @@ class Pruning:
   def start_masking(self, model, keep):
     """Holds the channels `keep` removes at zero in `model` from now on:
     now, and at every `apply_masks`."""
+    backend.sync_variables(model)
     self._masks = masking.channel_masks(model, self.analysis, keep)
-    self._apply = masking.make_mask_function(self._masks)
+    self._apply = masking.make_mask_function(self._masks, model)
     self._apply()
 
   def apply_masks(self):
@@ -327,7 +329,8 @@ def check_init_steps(params, init_steps, at_start, criterion, gradual_steps):
 def cut(model, keep, ignore, analysis=None):
   """``(pruned model, surgeon)`` of the plan `keep`, built under the
   model's strategy (`keras_epi.surgeon.prune_with_surgeon`)."""
-  with model.distribute_strategy.scope():
+  backend.sync_variables(model)  # the weights training has reached
+  with backend.scope(model):
     return surgeon_lib.prune_with_surgeon(model, keep, ignore,
                                           analysis=analysis)
 

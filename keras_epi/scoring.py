@@ -16,6 +16,7 @@ from absl import logging
 import keras
 import numpy as np
 
+from keras_epi import _backend as backend
 from keras_epi import graph
 from keras_epi import importance as importance_lib
 from keras_epi import tap as tap_lib
@@ -79,6 +80,7 @@ class Scoring:
   def scores(self, epoch):
     """{group name: scores} of the interval just ended, or None where no
     step was scored or the scores are not finite; starts a new interval."""
+    backend.sync_variables(self.model)  # weights read during an epoch
     if self.batchnorm:
       scores = importance_lib.batchnorm_gamma_importance(self.model,
                                                          self.groups)
@@ -118,8 +120,8 @@ class Scoring:
     """The scorer's non-finite steps, and the steps a loss-scale optimizer
     skipped before the inner optimizer (and so the scorer) saw them."""
     if self._scorer is not None:
-      self.skipped = int(self._scorer.skipped.numpy()) + max(
-          self._tapped - int(self._scorer.calls.numpy()), 0)
+      self.skipped = self._scorer.skipped + max(
+          self._tapped - self._scorer.calls, 0)
 
 
 def finite(scores):

@@ -22,7 +22,8 @@ import warnings
 from absl import logging
 import keras
 import numpy as np
-import tensorflow as tf
+
+from keras_epi import _backend as backend
 
 STATE_FILE = "keras_epi_state.json"
 WEIGHTS_FILE = "keras_epi_pruned.npz"
@@ -167,14 +168,14 @@ class StateFile:
     self.weights_path = os.path.join(self.directory, WEIGHTS_FILE)
 
   def exists(self):
-    return tf.io.gfile.exists(self.path)
+    return backend.exists(self.path)
 
   def load(self):
     """The saved `RunState`, or None; a ValueError for an unreadable one."""
-    if not tf.io.gfile.exists(self.path):
+    if not backend.exists(self.path):
       return None
     try:
-      with tf.io.gfile.GFile(self.path) as f:
+      with backend.open_file(self.path) as f:
         return RunState.from_json(json.load(f))
     except (ValueError, KeyError, TypeError) as e:
       raise ValueError(
@@ -204,8 +205,8 @@ class StateFile:
 
   def delete(self):
     for path in (self.path, self.weights_path):
-      if tf.io.gfile.exists(path):
-        tf.io.gfile.remove(path)
+      if backend.exists(path):
+        backend.remove(path)
 
   def save_weights(self, model):
     """The model's weights and its optimizer's variables, atomically."""
@@ -222,7 +223,7 @@ class StateFile:
   def load_weights(self, model):
     """Restores `save_weights` into `model` (same architecture, compiled
     with an optimizer built on its variables)."""
-    with tf.io.gfile.GFile(self.weights_path, "rb") as f:
+    with backend.open_file(self.weights_path, "rb") as f:
       arrays = np.load(io.BytesIO(f.read()))
       variables = [("w", v) for v in model.weights] + [
           ("o", v) for v in model.optimizer.variables]
@@ -245,13 +246,13 @@ class StateFile:
 
 
 def _write_atomically(path, data):
-  tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+  backend.makedirs(os.path.dirname(path) or ".")
   tmp = f"{path}.tmp{os.getpid()}"
   try:
-    with tf.io.gfile.GFile(tmp, "wb") as f:
+    with backend.open_file(tmp, "wb") as f:
       f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    backend.rename(tmp, path)
   except BaseException:  # a full disk, an interrupt: no .tmp left behind
-    if tf.io.gfile.exists(tmp):
-      tf.io.gfile.remove(tmp)
+    if backend.exists(tmp):
+      backend.remove(tmp)
     raise

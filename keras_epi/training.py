@@ -12,8 +12,8 @@ import contextlib
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_epi import _backend as backend
 from keras_epi import _keras_internals as internals
 from keras_epi import callbacks as callbacks_lib
 from keras_epi import graph
@@ -188,7 +188,7 @@ class _Run:
     optimizer variables written to `backup_dir`, then the state naming
     them."""
     epi = self.epi
-    with epi.cost.timed("prune"), pruned.distribute_strategy.scope():
+    with epi.cost.timed("prune"), backend.scope(pruned):
       compile_like(self.model, pruned, surgeon)
       multi_worker_fit_workaround(pruned)
     epi.pruned_model = pruned
@@ -207,8 +207,8 @@ class _Run:
       return
     for c in self.backups:
       for path in internals.backup_and_restore_files(c):
-        if tf.io.gfile.exists(path):
-          tf.io.gfile.remove(path)
+        if backend.exists(path):
+          backend.remove(path)
     state.prune["dense_checkpoint_removed"] = True
     if self.epi.state_file:
       self.epi.state_file.save(state)
@@ -237,8 +237,8 @@ class _Run:
     deleted (their directory, with the run state in it), so that the same
     command starts a new run."""
     for c in self._deleting:
-      if tf.io.gfile.exists(c.backup_dir):
-        tf.io.gfile.rmtree(c.backup_dir)
+      if backend.exists(c.backup_dir):
+        backend.rmtree(c.backup_dir)
 
 
 class _PrunedPhase(keras.callbacks.Callback):
@@ -272,7 +272,7 @@ def _open_sizes_from(model, x):
   None where the model's sizes are known or the data does not say."""
   if all(None not in tuple(t.shape[1:]) for t in model.inputs):
     return None
-  if isinstance(x, tf.data.Dataset):
+  if backend.is_tf_dataset(x):
     spec = x.element_spec
     x = spec[0] if isinstance(spec, tuple) else spec
   elif isinstance(x, keras.utils.PyDataset):
@@ -298,12 +298,15 @@ def multi_worker_fit_workaround(model):
   reduction dimension 0"); the train and test steps are wrapped to return
   their logs (metric results, the same on every replica) as 1-element
   vectors, whose mean over replicas is the value itself. It does nothing
-  under other strategies.
+  under other strategies and on other backends.
 
   Args:
     model: A model created under the strategy's scope.
   """
-  strategy = model.distribute_strategy
+  strategy = backend.strategy(model)
+  if strategy is None:
+    return
+  tf = backend.tensorflow("MultiWorkerMirroredStrategy")
   if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
     return
   def local(value):

@@ -7,6 +7,8 @@ import pytest
 
 import keras_epi
 
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
+
 L = keras.layers
 
 

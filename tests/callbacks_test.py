@@ -11,6 +11,8 @@ from tests import oracle
 from tests.helpers import make_data
 from tests.helpers import make_model
 
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
+
 L = keras.layers
 
 

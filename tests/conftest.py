@@ -56,3 +56,16 @@ def fashion_mnist_dir(tmp_path_factory):
     _write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte.gz"),
                labels)
   return str(directory)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked `tensorflow` are skipped on the other Keras backends."""
+  del config
+  backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+  if backend == "tensorflow":
+    return
+  skip = pytest.mark.skip(reason=f"needs the TensorFlow backend, this run "
+                          f"is on {backend}")
+  for item in items:
+    if item.get_closest_marker("tensorflow") is not None:
+      item.add_marker(skip)

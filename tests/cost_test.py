@@ -8,6 +8,8 @@ from keras_epi import cost as cost_lib
 from tests.helpers import make_data
 from tests.helpers import make_model
 
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
+
 
 class _Clock:
 

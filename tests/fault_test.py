@@ -8,6 +8,8 @@ import keras_epi
 from tests.helpers import make_data
 from tests.helpers import make_model
 
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
+
 
 class _Interrupt(keras.callbacks.Callback):
   """Raises KeyboardInterrupt after the second batch, as Ctrl-C would."""

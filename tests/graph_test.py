@@ -6,6 +6,8 @@ import pytest
 
 import keras_epi
 
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
+
 L = keras.layers
 
 
@@ -278,7 +280,8 @@ def test_unknown_channel_mixing_layer_is_kept_whole_with_a_warning(caplog):
   # warning says how to register it.
   x = keras.Input((8, 8, 3))
   a = L.Conv2D(4, 1, name="a")(x)
-  h = L.Lambda(lambda t: t[..., ::-1], name="flip")(a)
+  h = L.Lambda(lambda t: keras.ops.flip(t, axis=-1),
+               output_shape=lambda s: s, name="flip")(a)
   model = keras.Model(x, L.Dense(2)(L.GlobalAveragePooling2D()(h)))
   with caplog.at_level("WARNING"):
     assert _groups(model) == {}

@@ -51,3 +51,31 @@ def sigmoid_model(batchnorm):
   model.compile(keras.optimizers.Adam(1e-2),
                 keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   return model
+
+
+def loss_gradients(model, loss, x, y):
+  """``[dL/dv for v in model.trainable_variables]`` (NumPy) of
+  ``loss(y, model(x, training=True))``, on the backend Keras runs on: the
+  reference the tests compare the train step's own gradients with."""
+  backend = keras.backend.backend()
+  variables = model.trainable_variables
+  if backend == "tensorflow":
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with tf.GradientTape() as tape:
+      value = loss(y, model(x, training=True))
+    return [g.numpy() for g in tape.gradient(value, variables)]
+  if backend == "jax":
+    import jax  # pylint: disable=g-import-not-at-top
+    frozen = [v.value for v in model.non_trainable_variables]
+
+    def value(trainable):
+      out, _ = model.stateless_call(trainable, frozen, x, training=True)
+      return loss(y, out)
+    return [np.asarray(g) for g in
+            jax.grad(value)([v.value for v in variables])]
+  if backend == "torch":
+    import torch  # pylint: disable=g-import-not-at-top
+    value = loss(y, model(x, training=True))
+    grads = torch.autograd.grad(value, [v.value for v in variables])
+    return [g.detach().cpu().numpy() for g in grads]
+  raise NotImplementedError(f"no gradients on backend {backend!r}")

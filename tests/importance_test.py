@@ -3,11 +3,13 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_epi
 from keras_epi import importance
 from tests import oracle
+from tests.helpers import loss_gradients
+
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
 
 L = keras.layers
 
@@ -39,12 +41,10 @@ def _loss():
 
 
 def _reference_taylor(model, groups, x, y):
-  """NumPy reference from one GradientTape pass over the same batch."""
-  with tf.GradientTape() as tape:
-    loss = _loss()(y, model(x, training=True))
+  """NumPy reference from one backward pass over the same batch."""
   variables = model.trainable_variables
-  grads = {v.path: g.numpy() for v, g in zip(
-      variables, tape.gradient(loss, variables))}
+  grads = {v.path: g for v, g in zip(
+      variables, loss_gradients(model, _loss(), x, y))}
   value = {v.path: keras.ops.convert_to_numpy(v) for v in variables}
   scores = {}
   for g in groups:
@@ -96,10 +96,8 @@ def test_taylor_abs_reduction_and_averaging_over_batches():
     ref = _reference_taylor(model, groups, xb, yb)
     for k, v in ref.items():
       expected[k] = expected[k] + np.sqrt(v) / 2
-    with tf.GradientTape() as tape:
-      loss = _loss()(yb, model(xb, training=True))
     variables = model.trainable_variables
-    scorer.update(tape.gradient(loss, variables), variables)
+    scorer.update(loss_gradients(model, _loss(), xb, yb), variables)
   result = scorer.result()
   for name, value in expected.items():
     np.testing.assert_allclose(result[name], value, rtol=1e-4)
@@ -112,15 +110,15 @@ def test_non_finite_batches_are_skipped_and_counted():
   groups = keras_epi.channel_groups(model)
   scorer = importance.TaylorScorer(model, groups)
   variables = model.trainable_variables
-  good = [tf.ones_like(v.value) for v in variables]
-  bad = [tf.fill(v.shape, np.nan) for v in variables]
+  good = [np.ones(v.shape, "float32") for v in variables]
   scorer.update(good, variables)
   before = scorer.result()
-  scorer.update(bad, variables)
-  scorer.update([tf.where(tf.ones_like(g, bool), np.inf, g) for g in good],
+  scorer.update([np.full(v.shape, np.nan, "float32") for v in variables],
+                variables)
+  scorer.update([np.full(v.shape, np.inf, "float32") for v in variables],
                 variables)
   after = scorer.result()
-  assert int(scorer.skipped.numpy()) == 2
+  assert scorer.skipped == 2
   for name in before:
     np.testing.assert_array_equal(before[name], after[name])
     assert np.isfinite(after[name]).all()

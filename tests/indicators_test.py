@@ -5,6 +5,8 @@ import pytest
 
 from keras_epi import indicators
 
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
+
 
 def test_layer_distance_and_similarity_by_hand():
   np.testing.assert_allclose(indicators.layer_distance([4, 0, 3], [2, 0, 3]),

@@ -16,6 +16,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -24,7 +24,6 @@ import sys
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import keras_epi
 from keras_epi import state as state_lib
@@ -67,7 +66,9 @@ def _kill_after(owner, name, when=lambda *args: True):
 
 
 def main(directory, runner, kill_at=None):
-  tf.config.experimental.enable_op_determinism()
+  if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.experimental.enable_op_determinism()
   model = make_model()
   x, y = make_data(128)  # 4 batches of 32
   backup = os.path.join(directory, "backup")

@@ -18,6 +18,8 @@ import keras_epi
 from keras_epi import latency
 from keras_epi import latency_measure
 
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
+
 L = keras.layers
 
 
@@ -66,7 +68,7 @@ def closed_form(s, c):
 @pytest.fixture(scope="module")
 def measured():
   model = tiny_model()
-  before = [w.numpy().copy() for w in model.weights]
+  before = [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
   table = keras_epi.LatencyTable.measure(model, batch_size=4,
                                          widths=(0.5, 1.0), repeats=2,
                                          warmup=1)
@@ -127,12 +129,12 @@ def test_measure_has_an_entry_per_counted_layer_and_a_fixed_term(measured):
       table.scale * points[2]["layer_seconds"] + table.fixed)
   # The caller's model is untouched.
   for w, value in zip(model.weights, before):
-    np.testing.assert_array_equal(w.numpy(), value)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(w), value)
 
 
 def test_measure_training_step_keeps_the_callers_statistics():
   model = tiny_model()
-  before = [w.numpy().copy() for w in model.weights]
+  before = [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
   table = keras_epi.LatencyTable.measure(model, batch_size=2, training=True,
                                          widths=(1.0,), repeats=1, warmup=1)
   assert set(table.entries) == {"stem", "c1", "dw", "c2", "fc"}
@@ -142,7 +144,7 @@ def test_measure_training_step_keeps_the_callers_statistics():
   timing = table.time_plan(model, {"c1": np.arange(8)}, repeats=1)
   assert timing["rounds"] == 7 and timing["pruned_seconds"] > 0
   for w, value in zip(model.weights, before):  # BN moving stats included
-    np.testing.assert_array_equal(w.numpy(), value)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(w), value)
 
 
 def test_a_plan_predicts_what_its_pruned_model_predicts(measured):
@@ -473,7 +475,7 @@ def test_timed_plan_measures_a_real_model(measured):
       only["predicted_fraction"],
       table.predict(model, keep) / table.predict(model))
   for w, b in zip(model.weights, before):  # the caller's model untouched
-    np.testing.assert_array_equal(w.numpy(), b)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(w), b)
 
 
 def test_timed_plan_argument_errors():

@@ -3,12 +3,13 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_epi
 from keras_epi import layers as layers_lib
 from tests import oracle
 from tests import zoo_models
+
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
 
 L = keras.layers
 
@@ -178,8 +179,11 @@ def test_unregistered_per_channel_layer_is_probed_and_checked():
 
 def test_probe_tells_elementwise_from_mixing():
   x = keras.Input((4, 4, 6))
-  flip = L.Lambda(lambda t: t[..., ::-1], name="flip")
-  double = L.Lambda(lambda t: 2.0 * t + 1.0, name="double")
+  # (output_shape: the torch backend cannot infer a Lambda's)
+  flip = L.Lambda(lambda t: keras.ops.flip(t, axis=-1),
+                  output_shape=lambda s: s, name="flip")
+  double = L.Lambda(lambda t: 2.0 * t + 1.0, output_shape=lambda s: s,
+                    name="double")
   model = keras.Model(x, [flip(x), double(x)])
   nodes = {n.operation.name: n for n in keras_epi._functional.topological_nodes(
       model) if n.operation.name in ("flip", "double")}
@@ -194,7 +198,8 @@ def test_mixing_unknown_layer_is_kept_whole_rest_prunes():
   keras.utils.set_random_seed(0)
   x = keras.Input((6, 6, 3))
   a = L.Conv2D(4, 1, name="a")(x)
-  h = L.Lambda(lambda t: t[..., ::-1], name="flip")(a)
+  h = L.Lambda(lambda t: keras.ops.flip(t, axis=-1),
+               output_shape=lambda s: s, name="flip")(a)
   b = L.Conv2D(5, 1, name="b", activation="relu")(h)
   model = keras.Model(x, L.Dense(2, name="fc")(L.GlobalAveragePooling2D()(b)))
   groups = {g.name: g for g in keras_epi.channel_groups(model)}
@@ -208,14 +213,16 @@ def test_layer_that_cannot_be_probed_names_it_and_the_fix():
   a = L.Conv2D(4, 1, name="a")(x)
 
   class Broken(keras.layers.Layer):
+    fails = False  # builds the model, then fails on data
 
     def call(self, t):
-      if tf.executing_eagerly():  # works in graphs only
-        raise RuntimeError("no eager calls")
+      if Broken.fails:
+        raise RuntimeError("no calls on data")
       return t
 
   h = Broken(name="broken")(a)
   model = keras.Model(x, L.Dense(2)(L.GlobalAveragePooling2D()(h)))
+  Broken.fails = True
   with pytest.raises(ValueError, match=r"(?s)broken: Broken.*register_layer"
                      r".*ignore=\['broken'\]"):
     keras_epi.channel_groups(model)

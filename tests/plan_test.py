@@ -8,6 +8,8 @@ import pytest
 from keras_epi import graph
 from keras_epi import plan as plan_lib
 
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
+
 L = keras.layers
 
 

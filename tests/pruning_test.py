@@ -10,6 +10,8 @@ from keras_epi import pruning
 from tests import oracle
 from tests.helpers import sigmoid_model
 
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
+
 L = keras.layers
 
 

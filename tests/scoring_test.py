@@ -9,6 +9,8 @@ from keras_epi import scoring as scoring_lib
 from tests.helpers import make_data
 from tests.helpers import make_model
 
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
+
 
 def test_magnitude_scores_are_the_filter_norms_and_need_no_steps():
   model = make_model()

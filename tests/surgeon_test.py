@@ -7,6 +7,8 @@ import pytest
 import keras_epi
 from tests import oracle
 
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
+
 L = keras.layers
 
 
@@ -243,6 +245,9 @@ def _conv_zoo():  # pylint: disable=too-many-statements
 @pytest.mark.parametrize("name", sorted(_conv_zoo()))
 def test_hand_built_models_zeroed_then_removed_give_same_output(name,
                                                                tmp_path):
+  if name == "conv1d_ops" and keras.backend.backend() == "torch":
+    pytest.skip("Keras 3.15's LayerNormalization(axis=1) fails on the torch "
+                "backend, in the dense model too")
   keras.utils.set_random_seed(0)
   model, shape = _conv_zoo()[name]
   oracle.randomize_statistics(model)

@@ -3,9 +3,11 @@ for one fit, and a tap that cannot outlive it."""
 
 import keras
 import numpy as np
-import tensorflow as tf
+import pytest
 
 from keras_epi import tap as tap_lib
+
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
 
 
 def _model():
@@ -15,7 +17,10 @@ def _model():
   return model
 
 
+@pytest.mark.tensorflow  # variables assigned in the step (elsewhere the
+# scores' tests see the tap's gradients: importance_test, scoring_test)
 def test_the_tap_sees_the_gradients_of_the_train_step():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   model = _model()
   x = np.arange(12, dtype="float32").reshape(4, 3) / 10
   y = np.ones((4, 2), "float32")

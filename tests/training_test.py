@@ -11,6 +11,8 @@ from keras_epi import training
 from tests.helpers import make_data
 from tests.helpers import make_model
 
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
+
 
 def test_fit_continues_on_the_pruned_model_with_one_history():
   model = make_model()
@@ -26,7 +28,7 @@ def test_fit_continues_on_the_pruned_model_with_one_history():
   assert all(len(v) == 8 for v in history.history.values())
   ratio = keras_epi.count_macs(final) / keras_epi.count_macs(model)
   assert 0.44 <= ratio <= 0.5  # one c1 channel is 6% of the MACs
-  assert int(final.optimizer.iterations.numpy()) == 8 * 8  # 8 steps/epoch
+  assert int(keras.ops.convert_to_numpy(final.optimizer.iterations)) == 8 * 8  # 8 steps/epoch
   # It learned on: the last epoch's loss is below the first's.
   assert history.history["loss"][-1] < history.history["loss"][0]
   assert final.evaluate(x, y, verbose=0)[1] > 0.7
@@ -69,7 +71,7 @@ def test_optimizer_slots_are_sliced_and_the_step_continues(optimizer):
   for name in [n for n in old if n.startswith("c2_kernel_")]:
     np.testing.assert_array_equal(  # c2 reads c1: both axes cut
         new[name], old[name][:, :, keep["c1"]][..., keep["c2"]])
-  assert int(pruned.optimizer.iterations.numpy()) == 2
+  assert int(keras.ops.convert_to_numpy(pruned.optimizer.iterations)) == 2
   lr = pruned.optimizer.learning_rate
   np.testing.assert_allclose(keras.ops.convert_to_numpy(lr),
                              keras.ops.convert_to_numpy(
@@ -131,7 +133,7 @@ def test_gradient_accumulation_carries_the_step_and_the_accumulators():
                                  verbose=0, callbacks=[cb])
   assert final is cb.pruned_model and history.epoch == [0, 1, 2]
   # 24 train steps, one update every 2 of them.
-  assert int(final.optimizer.iterations.numpy()) == 12
+  assert int(keras.ops.convert_to_numpy(final.optimizer.iterations)) == 12
   width = final.get_layer("c1").filters
   accumulators = [v for v in final.optimizer.variables
                   if v.name.startswith("c1_kernel_gradient_accumulator")]
@@ -150,7 +152,7 @@ def test_backup_and_restore_keeps_or_deletes_its_checkpoint(
           cb, keras.callbacks.BackupAndRestore(
               backup, delete_checkpoint=delete_checkpoint)])
   assert history.epoch == [0, 1, 2] and final.get_layer("c1").filters < 16
-  assert int(final.optimizer.iterations.numpy()) == 3 * 2
+  assert int(keras.ops.convert_to_numpy(final.optimizer.iterations)) == 3 * 2
   if not delete_checkpoint:  # the checkpoint left is the pruned model's
     restored = keras_epi.prune_model(make_model(seed=4), cb.keep)
     restored.load_weights(str(tmp_path / "backup" / "latest.weights.h5"))

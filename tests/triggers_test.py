@@ -9,6 +9,8 @@ from keras_epi import triggers
 from tests.helpers import make_data
 from tests.helpers import make_model
 
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
+
 
 def _sub(epoch, widths, epi_history=()):
   return triggers.SubNetwork(

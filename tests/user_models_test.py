@@ -366,7 +366,7 @@ def test_a_failed_state_write_leaves_no_temporary_file(tmp_path,
   def failing_rename(*args, **kwargs):
     raise OSError("disk full")
 
-  monkeypatch.setattr(state_lib.tf.io.gfile, "rename", failing_rename)
+  monkeypatch.setattr(os, "replace", failing_rename)  # the atomic rename
   with pytest.raises(OSError, match="disk full"):
     state_file.save(state_lib.RunState({"model": "m", "groups": []}))
   assert os.listdir(tmp_path) == []

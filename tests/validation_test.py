@@ -5,6 +5,8 @@ import pytest
 
 from keras_epi import _validation as validation
 
+pytestmark = pytest.mark.backends  # run on JAX and PyTorch too (tools/test.sh)
+
 
 def test_accepted_values_and_their_types():
   assert validation.integer("n", np.int64(3), 1) == 3
