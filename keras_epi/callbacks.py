@@ -217,7 +217,9 @@ class EPICallback(keras.callbacks.Callback):
     self.close()  # a tap left by a fit that ended with an exception
     _claim(self)
     self._reset()
-    self.cost.start()
+    # From the handler's start where it has one: keras_epi.fit's call, so
+    # that the record covers Keras' set-up of the fit too.
+    self.cost.start(getattr(self._handler, "started", None))
     model = self.model
     self.frozen_groups, self._pruning = pruning_lib.for_fit(
         model, self.params, ignore=self.ignore, input_shape=self.input_shape,

@@ -39,10 +39,12 @@ class TrainingCost:
     self.epoch_seconds = []  # (seconds, pruned) per epoch
     self.parts = {part: 0.0 for part in PARTS}
 
-  def start(self):
-    """The run begins (the first call counts; a run may span fits)."""
+  def start(self, at=None):
+    """The run begins, now or at `at` (a time of the record's clock, e.g.
+    when `keras_epi.fit` was called); the first call counts, as a run may
+    span fits."""
     if self._start is None:
-      self._start = self._clock()
+      self._start = self._clock() if at is None else at
 
   def epoch_begin(self, pruned):
     """An epoch begins; `pruned`: it trains after the cut."""

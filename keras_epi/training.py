@@ -9,6 +9,7 @@ epoch with the same callbacks. One History covers all epochs.
 """
 
 import contextlib
+import time
 
 import keras
 import numpy as np
@@ -58,6 +59,7 @@ def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
   if getattr(model, "optimizer", None) is None or not model.compiled:
     raise ValueError("keras_epi.fit needs a compiled model: call "
                      "model.compile(...) first.")
+  started = time.perf_counter()  # the clock of keras_epi.cost
   epi = epi[0]
   if epi.input_shape is None:
     epi.input_shape = _open_sizes_from(model, x)
@@ -65,7 +67,7 @@ def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
   with run.settings():
     pruned = run.resume_pruned()
     if pruned is None:
-      with epi.handing_over(_HandOver()):
+      with epi.handing_over(_HandOver(started)):
         model.fit(x, y, callbacks=run.callbacks, epochs=epochs,
                   initial_epoch=initial_epoch, **kwargs)
       if not epi.pruned:
@@ -84,8 +86,13 @@ def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
 
 class _HandOver:
   """`keras_epi.fit`'s handler of the cut (see `pruning.MaskInPlace`): the
-  dense fit stops at the prune, and `_Run` trains the cut model on."""
+  dense fit stops at the prune, and `_Run` trains the cut model on.
+  `started`: when `keras_epi.fit` was called (`time.perf_counter`), where
+  the run's cost record starts."""
   hands_over = True
+
+  def __init__(self, started=None):
+    self.started = started
 
   def on_cut(self, pruning_, model, keep):
     del pruning_, keep

@@ -185,7 +185,8 @@ def run_epi(study, policy, ratio, prune_epoch=None, threshold=None,
   if policy == "early_bird":
     extra["eb_distance"] = epi.early_bird_history
   return study.record(policy, ratio, final, seconds, timer, epi,
-                      prune_reason=epi.prune_reason, **extra), final
+                      prune_reason=epi.prune_reason,
+                      training_cost=epi.training_cost, **extra), final
 
 
 def run_train_prune_finetune(study, dense_model, dense_record, ratio):
