@@ -7,6 +7,8 @@ layer's `call` traced into a functional model of its own sublayers
 (`expand`). Keras' private structures are read through `_keras_internals`.
 """
 
+import contextlib
+import inspect
 import weakref
 
 import keras
@@ -18,12 +20,13 @@ _L = keras.layers
 
 
 def layer_at(model, path):
-  """The layer at a member path such as ``"nested_model/conv"``.
+  """The layer at a member path such as ``"nested_model/conv"`` (or
+  ``"block/attention:heads"``, a side of the layer's own).
 
   Inside a composite layer, a layer its `call` makes anew on every call is
   not tracked: for it (it has no weights) the result is None."""
   layer = model
-  for name in path.split("/"):
+  for name in member_side(path)[0].split("/"):
     if isinstance(layer, keras.Model):
       layer = layer.get_layer(name)
     else:  # inside a composite layer
@@ -32,6 +35,13 @@ def layer_at(model, path):
       if layer is None:
         return None
   return layer
+
+
+def member_side(path):
+  """``(layer path, side)`` of a member path: ``"out"`` (the layer's
+  output channels), or the inner side after a ``":"``."""
+  path, _, side = path.partition(":")
+  return path, side or "out"
 
 
 def topological_nodes(model):
@@ -155,8 +165,15 @@ def expand(layer, node, in_shapes):
   variables). The graph nodes this records on them are taken off again (the
   model keeps its own record of them), so the caller's layers are left as
   they were. Cached per layer and input shapes.
+
+  A `call` that cannot run on open sizes (a class token broadcast to the
+  batch size, a causal mask made from the sequence length, as in keras_hub's
+  TransformerDecoder) is traced again at a batch size of `FILLED_SIZE`,
+  then with every open size set to it too: the graph then shows how the
+  channels flow, and `filled_shapes` gives the per-example shapes it was
+  traced at (the graph holds those sizes and the batch's; the layer's own
+  `call` does not).
   """
-  args, kwargs = internals.node_arguments(node)
   if len(internals.inbound_nodes(layer)) > 1:
     # One graph serves every call of a shared layer: open spatial sizes.
     in_shapes = [(*[None] * (len(s) - 1), s[-1]) if s else s
@@ -165,9 +182,39 @@ def expand(layer, node, in_shapes):
   cache = _EXPANSIONS.setdefault(layer, {})
   if key in cache:
     return cache[key]
+  try:
+    model = _trace(layer, node, in_shapes)
+  except Exception:  # pylint: disable=broad-except
+    try:  # a batch size made from `ops.shape(x)[0]` (a class token)
+      model = _trace(layer, node, in_shapes, batch=FILLED_SIZE)
+      _FILLED[model] = [tuple(s) for s in in_shapes]
+    except Exception:  # pylint: disable=broad-except
+      filled = [tuple(FILLED_SIZE if d is None else d for d in s)
+                for s in in_shapes]
+      model = _trace(layer, node, filled, batch=FILLED_SIZE)
+      _FILLED[model] = filled
+  cache[key] = model
+  return model
+
+
+FILLED_SIZE = 8
+_FILLED = weakref.WeakKeyDictionary()  # expansion -> shapes it was traced at
+
+
+def filled_shapes(expansion):
+  """The per-example input shapes an expansion was traced at where its
+  layer's call could not run on open sizes (a fixed batch size, and open
+  sizes filled where needed; see `expand`), else None."""
+  return _FILLED.get(expansion)
+
+
+def _trace(layer, node, in_shapes, batch=None):
+  """`expand`'s functional model of `layer`'s call at `in_shapes` (and
+  batch size `batch`)."""
+  args, kwargs = internals.node_arguments(node)
   tensors = [t for t in keras.tree.flatten((args, kwargs))
              if isinstance(t, keras.KerasTensor)]
-  inputs = {id(t): keras.Input(shape=shape, dtype=t.dtype,
+  inputs = {id(t): keras.Input(batch_shape=(batch, *shape), dtype=t.dtype,
                                name=f"{layer.name}_input_{i}")
             for i, (t, shape) in enumerate(zip(tensors, in_shapes))}
   new_args, new_kwargs = internals.fill_in(node, inputs)
@@ -175,7 +222,8 @@ def expand(layer, node, in_shapes):
   sublayers = _all_sublayers(layer)
   nodes = {}
   try:
-    outputs = layer.call(*new_args, **new_kwargs)
+    with _specs_taking_their_calls_arguments(sublayers):
+      outputs = layer.call(*new_args, **new_kwargs)
     flat = keras.tree.flatten(outputs)
     if len(flat) != len(node.outputs) or any(
         not isinstance(t, keras.KerasTensor) for t in flat):
@@ -189,8 +237,35 @@ def expand(layer, node, in_shapes):
     for sublayer in sublayers:
       internals.remove_nodes(sublayer, recorded)
   _EXPANSION_NODES[model] = nodes
-  cache[key] = model
   return model
+
+
+@contextlib.contextmanager
+def _specs_taking_their_calls_arguments(sublayers):
+  """Within the `with`, a sublayer whose `compute_output_spec` does not
+  take a keyword its `call` takes (keras_hub's CachedMultiHeadAttention
+  inherits MultiHeadAttention's, without `cache`) gets it dropped there
+  where it is None, so that the layer can be called on symbolic tensors."""
+  patched = []
+  for sub in sublayers:
+    spec = sub.compute_output_spec
+    try:
+      accepted = inspect.signature(spec).parameters
+    except (TypeError, ValueError):
+      continue
+    if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+      continue
+
+    def compute_output_spec(*args, _spec=spec, _accepted=accepted, **kwargs):
+      return _spec(*args, **{k: v for k, v in kwargs.items()
+                             if k in _accepted or v is not None})
+    sub.compute_output_spec = compute_output_spec
+    patched.append(sub)
+  try:
+    yield
+  finally:
+    for sub in patched:
+      vars(sub).pop("compute_output_spec", None)
 
 
 def _all_sublayers(layer):

@@ -68,6 +68,12 @@ def sublayers(layer):
   return list(getattr(layer, "_layers", ()))
 
 
+def own_variables(layer):
+  """The variables a layer made itself (not its sublayers')."""
+  return (list(getattr(layer, "_trainable_variables", ())) +
+          list(getattr(layer, "_non_trainable_variables", ())))
+
+
 def override_symbolic_build(model, build):
   """Replaces `model._maybe_symbolic_build` (the multi-worker fix)."""
   original = model._maybe_symbolic_build
@@ -115,6 +121,14 @@ _TRACKING = frozenset((
     "_tracker", "_trainable_variables", "_non_trainable_variables", "_layers",
     "_metrics", "_seed_generators", "_inbound_nodes", "_outbound_nodes",
     "build", "quantize", "_tracked", "_lock"))
+# TensorFlow's checkpoint tracking on a Keras layer (the TensorFlow backend):
+# the copy keeps its own. (Not every "_self_" name: keras_hub's
+# TransformerDecoder has `_self_attention_layer_norm`.)
+_TF_TRACKING = frozenset((
+    "_self_name_based_restores", "_self_saveable_object_factories",
+    "_self_setattr_tracking", "_self_unconditional_checkpoint_dependencies",
+    "_self_unconditional_deferred_dependencies",
+    "_self_unconditional_dependency_names", "_self_update_uid"))
 _TRACKED_LISTS = ("_trainable_variables", "_non_trainable_variables",
                   "_layers", "_metrics", "_seed_generators")
 
@@ -196,7 +210,7 @@ class Copier:
     owner, self._owner = self._owner, (old, new)
     try:
       for name, value in old.__dict__.items():
-        if name in _TRACKING or name in skip or name.startswith("_self_"):
+        if name in _TRACKING or name in skip or name in _TF_TRACKING:
           continue
         setattr(new, name, self.copy(value))
     finally:
@@ -218,9 +232,11 @@ class Copier:
     return new
 
 
-def resized_copy(layer, attributes, input_shape):
+def resized_copy(layer, attributes, build):
   """A `Copier` copy of `layer` with `attributes` set (its widths) and its
-  variables made anew, unbuilt, by its own `build(input_shape)`."""
+  variables made anew by `build(copy)` (its own `build` at the new
+  shapes). Sublayers its `build` makes anew replace the copied ones (a
+  sublayer it keeps, made in `__init__`, stays)."""
   new = Copier().layer(layer)
   new._tracker.unlock()
   for name in ("_trainable_variables", "_non_trainable_variables"):
@@ -231,7 +247,16 @@ def resized_copy(layer, attributes, input_shape):
   for name, value in attributes.items():
     setattr(new, name, value)
   new.built = False
-  new.build(input_shape)
+  copied = list(new._layers)
+  build(new)
+  held = {id(v) for name, value in vars(new).items()
+          if name not in _TRACKING
+          for v in (value.values() if isinstance(value, dict) else value
+                    if isinstance(value, (list, tuple)) or _is_tracked(value)
+                    else [value])
+          if isinstance(v, keras.layers.Layer)}
+  new._layers[:] = [l for l in new._layers
+                    if id(l) in held or not any(l is c for c in copied)]
   return new
 
 

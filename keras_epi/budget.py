@@ -91,7 +91,8 @@ def uniform_plan(model, fraction, *, scores=None, round_to=1, ignore=(),
       or None.
     round_to: Kept widths are multiples of this (>= 1).
     ignore: As in `keras_epi.channel_groups`.
-    keep_stem: Leave the first group whole.
+    keep_stem: Leave the stem whole (the first group, where a convolution
+      makes it from the input's channels).
     keep_residual: Leave the residual streams whole.
 
   Returns:
@@ -127,25 +128,28 @@ def select_channels(model, scores, ratio, *, budget="neurons", ignore=(),
   All channels of the scored groups are ranked together by score; the lowest
   are removed until the budget is met. ``budget="neurons"`` removes
   ``round(ratio * n)`` of the ``n`` scored channels (the paper's "pruned
-  ratio": the percentage of neurons removed). ``budget="macs"`` removes the
-  lowest-ranked channels until `count_macs` of the pruned model is at most
-  ``(1 - ratio)`` of the dense one (met to within the rounding below). No
-  group keeps fewer than `min_channels`; with ``round_to > 1`` the kept count
-  of every group is rounded to the nearest multiple of `round_to` (widths that
-  suit vectorised kernels), keeping the highest-scored channels.
+  ratio": the percentage of neurons removed; an attention head counts as
+  one). No group keeps fewer than `min_channels`; with ``round_to > 1`` the
+  kept count of every group is rounded to the nearest multiple of
+  `round_to` (widths that suit vectorised kernels), keeping the
+  highest-scored channels.
 
-  ``budget="latency"`` removes channels until the latency that
-  `latency_table` predicts (`keras_epi.LatencyTable.predict`, its `fixed`
-  term included) is at most ``(1 - ratio)`` of the dense model's: ``ratio=0.5``
-  asks for a predicted 2x. Channels are then ranked by importance per unit
-  of latency, the greedy order of HALP's knapsack (Shen et al., NeurIPS
-  2022): each score is divided by its group's latency per channel, ``(T(dense)
-  - T(group at half width)) / (channels removed)`` as the table predicts with
-  every other group whole (a choice: one fixed price per group, not
-  re-estimated as other groups shrink). Within a group the order is the
-  scores'. The kept widths are found by a binary search on the predicted
-  latency, so the result meets the target (rounding included) and removes
-  no more than it needs to. A target that the smallest plan cannot meet
+  ``budget="macs"`` removes channels until `count_macs` of the pruned model
+  is at most ``(1 - ratio)`` of the dense one, and ``budget="latency"``
+  until the latency that `latency_table` predicts
+  (`keras_epi.LatencyTable.predict`, its `fixed` term included) is:
+  ``ratio=0.5`` asks for half the MACs, or a predicted 2x. Channels are
+  then ranked by importance per unit of cost, the greedy order of HALP's
+  knapsack (Shen et al., NeurIPS 2022): each score is divided by its
+  group's cost per channel, ``(C(dense) - C(group at half width)) /
+  (channels removed)`` with every other group whole (a choice: one fixed
+  price per group, not re-estimated as other groups shrink), so that a
+  channel that costs little (an MLP neuron beside an attention head, a
+  channel of a late, low-resolution layer) is not removed first for its
+  low score alone. Within a group the order is the scores'. The kept widths
+  are found by a binary search on the cost, so the result meets the target
+  (rounding included) and removes no more than it needs to. A latency
+  target that the smallest plan cannot meet
   (every group at `min_channels` or `round_to`, groups kept whole, the fixed
   term) is a `ValueError` that states the largest reachable `ratio`; the
   plan is never silently smaller than asked.
@@ -160,7 +164,9 @@ def select_channels(model, scores, ratio, *, budget="neurons", ignore=(),
     ignore: The `ignore` given to `keras_epi.channel_groups`.
     min_channels: Minimum channels kept per group (at least 1).
     round_to: Kept widths are rounded to multiples of this (>= 1).
-    keep_stem: Leave the model's first producer group (the stem) whole.
+    keep_stem: Leave the stem whole: the first group, where a convolution
+      makes it from the input's channels (an image's). A model that starts
+      otherwise (a transformer, an MLP) has no stem.
     keep_residual: Leave the residual streams whole (groups with
       `ChannelGroup.residual`); the budget is then met inside the blocks.
       On CPUs, where time follows activations more than MACs, this gives
@@ -236,7 +242,11 @@ def plan_channels(analysis, scores, ratio, *, budget="neurons",
   cost = None
   if budget == "latency":
     _check_latency_table(budget, latency_table)
-    cost = _LatencyCost(analysis, latency_table, ranked, sizes)
+    cost = _Cost(analysis, latency_table.predictor(analysis), ranked, sizes,
+                 "latency")
+  elif budget == "macs":
+    cost = _Cost(analysis, functools.partial(planned_macs, analysis), ranked,
+                 sizes, "MACs")
 
   # Global order of removal: lowest score (per unit of latency) first; each
   # group's best `min_channels` are never candidates.
@@ -264,12 +274,7 @@ def plan_channels(analysis, scores, ratio, *, budget="neurons",
   total = sum(sizes[name] for name in ranked)
   if budget == "neurons":
     return plan(min(int(round(ratio * total)), len(candidates)))
-  if budget == "latency":
-    measure = cost.predict
-    dense = cost.dense
-  else:
-    measure = functools.partial(planned_macs, analysis)
-    dense = planned_macs(analysis, {})
+  measure, dense = cost.predict, cost.dense
   target = (1.0 - ratio) * dense
   lo, hi = 0, len(candidates)  # find the fewest removals meeting the target
   if budget == "latency":
@@ -339,17 +344,34 @@ def max_latency_ratio_of(analysis, latency_table, min_channels, round_to,
   ranked = candidate_groups(analysis, keep_stem, keep_residual)
   if not ranked:
     raise ValueError(f"{_NOTHING_TO_PRUNE} {analysis.kept_whole_by()}".strip())
-  cost = _LatencyCost(analysis, latency_table, (), sizes)
+  cost = _Cost(analysis, latency_table.predictor(analysis), (), sizes,
+               "latency")
   smallest = cost.predict(_smallest_plan(sizes, ranked, min_channels,
                                          round_to))
   return _floor(1.0 - smallest / cost.dense)
 
 
+def stem_group(analysis):
+  """The name of the stem's group, or None: the first group, where a
+  convolution makes it from channels kept whole (an image's). A model that
+  starts otherwise (a transformer's first group is an attention layer's
+  heads or an MLP's width; an MLP's first Dense) has no stem."""
+  if not analysis.groups:
+    return None
+  name = analysis.groups[0].name
+  call = analysis.calls.get(name)
+  if (call is None or not call.ins or
+      not hasattr(call.op, "kernel_size") or
+      (analysis.find(call.ins[0]) != graph.FIXED).any()):
+    return None
+  return name
+
+
 def candidate_groups(analysis, keep_stem, keep_residual):
   """Names of the groups a plan may cut, in the analysis' order: all but
-  the stem's (with `keep_stem`) and the residual streams (with
-  `keep_residual`)."""
-  stem = analysis.groups[0].name if analysis.groups else None
+  the stem's (with `keep_stem`, see `stem_group`) and the residual streams
+  (with `keep_residual`)."""
+  stem = stem_group(analysis)
   return [g.name for g in analysis.groups
           if not (keep_stem and g.name == stem) and
           not (keep_residual and g.residual)]
@@ -363,25 +385,28 @@ def _smallest_plan(sizes, names, min_channels, round_to):
           for name in names}
 
 
-class _LatencyCost:
-  """The latency side of a latency budget over one analysis (internal).
+class _Cost:
+  """The cost side of a MAC or latency budget over one analysis (internal).
 
   Attributes:
-    predict: ``f(keep) -> predicted seconds``.
-    dense: Predicted seconds of the unpruned model.
-    per_channel: ``{group: seconds saved per channel removed}`` when the
-      group alone is cut to half its width, clipped below at a tiny
-      positive value (a group whose channels save nothing is removed last).
+    predict: ``f(keep) -> MACs or predicted seconds``.
+    dense: The cost of the unpruned model.
+    per_channel: ``{group: cost saved per channel removed}`` when the group
+      alone is cut to half its width, clipped below at a tiny positive
+      value (a group whose channels save nothing is removed last).
   """
 
-  def __init__(self, analysis, table, ranked, sizes):
-    self.predict = table.predictor(analysis)
+  def __init__(self, analysis, predict, ranked, sizes, unit):
+    del analysis
+    self.predict = predict
     self.dense = self.predict({})
     if not self.dense > 0:
       raise ValueError(
-          f"The latency table predicts {self.dense!r} s for the dense model; "
-          "a latency budget needs a positive prediction. Measure the table "
-          "again (with more `repeats` on a busy machine).")
+          f"The {unit} of the dense model come out as {self.dense!r}; a "
+          f"{unit} budget needs a positive cost. " + (
+              "Measure the latency table again (with more `repeats` on a "
+              "busy machine)." if unit == "latency" else
+              "Prune a model with convolution, Dense or attention layers."))
     tiny = max(abs(self.dense), 1e-30) * 1e-12
     self.per_channel = {}
     for name in ranked:

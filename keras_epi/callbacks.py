@@ -71,7 +71,8 @@ class EPICallback(keras.callbacks.Callback):
       An `EPITrigger`'s own `window` or `threshold` sets the callback's.
     ignore: Layer names whose channels stay (see `keras_epi.channel_groups`).
     min_channels, round_to: Kept widths: at least, and multiples of.
-    keep_stem, keep_residual: Leave the first group, or the residual
+    keep_stem, keep_residual: Leave the stem (the first group, where a
+      convolution makes it from the input's channels), or the residual
       streams, whole (the classifier's outputs are never pruned).
     taylor_reduction: "square" (mean s^2, Taylor_pruning) or "abs" (HALP).
     backup_dir: Where the run state (`keras_epi.state`) is saved every

@@ -108,6 +108,7 @@ def channel_groups(model, *, ignore=()):
 
 
 layer_at = functional.layer_at
+member_side = functional.member_side
 
 
 def analyze(model, ignore=(), strict=True, input_shapes=None):
@@ -132,6 +133,12 @@ class Call:
     rule: The `keras_epi.layers.LayerRule` that applied.
     ins, outs: Channel labels of the input and output tensors.
     in_shapes, out_shapes: Per-example shapes (of the outermost call).
+    sides: Labels of the further sides its flow named (`ChannelCall.side`).
+    inner: The sides that are the layer's own channels (an attention
+      layer's heads): groups with the member ``"path:side"``.
+    filled: It is inside a composite layer traced with open sizes filled
+      (`_functional.expand`): its shapes are not the model's, so its MACs
+      are unknown.
   """
   path: str
   op: object
@@ -141,6 +148,9 @@ class Call:
   outs: list
   in_shapes: list
   out_shapes: list
+  sides: dict = dataclasses.field(default_factory=dict)
+  inner: tuple = ()
+  filled: bool = False
 
 
 class Analysis:
@@ -153,6 +163,8 @@ class Analysis:
     layers: ``{path: layer}`` for every layer walked.
     expansions: ``{path: functional model}`` for composite layers looked
       inside.
+    filled: Paths of the expansions traced at a fixed batch size or filled
+      sizes (rebuilt as copies, `_functional.expand`).
   """
 
   def __init__(self, model, ignore, strict=True, input_shapes=None):
@@ -171,6 +183,8 @@ class Analysis:
     self.all_calls = []
     self.layers = {}
     self.expansions = {}
+    self.filled = set()
+    self._open_inside = set()  # filled at sizes the model leaves open
     self.model_inputs = {}  # id(nested model) -> input labels, first call
     self._tied = {}  # layer path -> input labels of the first call
     self.unsupported = {}  # layer path -> reason
@@ -200,6 +214,7 @@ class Analysis:
           "(see its docstring), or pass their names in `ignore=` to keep "
           f"their input and output channels unpruned, e.g. "
           f"ignore={sorted(self.unsupported)!r}.")
+    self._keep_cached_heads()
     self.groups, self.classes = self._make_groups()
     # Frozen: every label's root, once; the union-find is done.
     self._roots = self.find(np.arange(self._size))
@@ -319,7 +334,18 @@ class Analysis:
         self.expansions[path] = expansion
         self._tie(path, in_labels)
         self.model_inputs.setdefault(id(expansion), in_labels)
-        return self._walk(expansion, ins, path + "/")
+        filled = functional.filled_shapes(expansion)
+        if filled is None:
+          return self._walk(expansion, ins, path + "/")
+        # Traced at filled sizes (its call needs them): walked at those,
+        # its outputs at the outer call's (open) sizes again.
+        self.filled.add(path)
+        if [tuple(s) for s in filled] != [tuple(s) for s in in_shapes]:
+          self._open_inside.add(path)
+        outs = self._walk(expansion, list(zip(in_labels, filled)),
+                          path + "/")
+        return [(labels, shape) for (labels, _), shape in zip(outs,
+                                                               out_shapes)]
       rule = layers_lib.IGNORED
     if rule is None:
       rule = _probe.auto_rule(op, node, in_shapes, out_shapes,
@@ -328,7 +354,8 @@ class Analysis:
       self.layers[path] = op
     self._classes_seen[path] = type(op).__name__
     call = layers_lib.ChannelCall(self, path, in_labels, in_shapes,
-                                  out_shapes, *internals.node_arguments(node))
+                                  out_shapes, *internals.node_arguments(node),
+                                  tensors=node.input_tensors)
     try:
       if rule.data_format and getattr(op, "data_format",
                                       "channels_last") != "channels_last":
@@ -347,7 +374,8 @@ class Analysis:
       raise AssertionError(f"{path}: {len(out_labels)} labels for "
                            f"{len(node.outputs)} outputs")
     record = Call(path, op, node, rule, in_labels, out_labels, in_shapes,
-                  out_shapes)
+                  out_shapes, dict(call.sides), tuple(call.inner_sides),
+                  any(prefix.startswith(p + "/") for p in self._open_inside))
     self.calls.setdefault(path, record)
     self.all_calls.append(record)
     return list(zip(out_labels, out_shapes))
@@ -393,6 +421,24 @@ class Analysis:
         f"{type(op).__name__}: a composite layer whose `call` could not be "
         f"traced on symbolic inputs ({traced})")
     return None
+
+  def _keep_cached_heads(self):
+    """A model that generates with a key-value cache (keras_hub's CausalLM:
+    `call_with_cache`) lays the cache out for the backbone's number of
+    heads in every layer: its attention heads are kept whole, so that
+    `generate` works after the cut."""
+    if not hasattr(self.model, "call_with_cache"):
+      return
+    heads = [(call.path, side) for call in self.calls.values()
+             for side in call.inner]
+    for path, side in heads:
+      self.fix(self.calls[path].sides[side], by=path)
+    if heads:
+      logging.info(
+          "keras_epi: %s generates with a cache laid out for the same heads "
+          "in every layer, so its attention heads are kept whole (its other "
+          "widths prune). Prune its backbone for a model without "
+          "generate().", type(self.model).__name__)
 
   def kept_whole_by(self, limit=6):
     """Which layers keep channels whole (they mix or normalise them), as a
@@ -467,11 +513,16 @@ class Analysis:
       group_of[group_classes[name]] = index
       channel_of[group_classes[name]] = np.arange(len(group_classes[name]))
     members = {name: [] for name in names}
+    carriers = []  # (member path, labels): outputs, and inner sides
     for path, call in self.calls.items():
-      outs = call.outs
-      if len(outs) != 1 or not isinstance(call.op, _L.Layer):
+      if not isinstance(call.op, _L.Layer):
         continue
-      roots = self.find(outs[0])
+      if len(call.outs) == 1:
+        carriers.append((path, call.outs[0]))
+      carriers += [(f"{path}:{side}", call.sides[side])
+                   for side in call.inner]
+    for path, labels in carriers:
+      roots = self.find(labels)
       owners = group_of[roots]
       for index in np.unique(owners[owners >= 0]):
         name = names[index]

@@ -25,7 +25,9 @@ def magnitude_importance(model, groups):
   kernel), the filter ``W_n`` producing output channel ``n`` scores
   ``||W_n||_2 / sqrt(P)`` with ``P`` its number of weights, so that a global
   ranking is not dominated by layers with a wide fan-in. The group's score for
-  a channel is the sum over its producing members (EPI-METHOD.md, [T]).
+  a channel is the sum over its producing members (EPI-METHOD.md, [T]). An
+  attention head is one channel of its layer's heads: ``W_n`` is every
+  weight of head ``n`` (its query, key, value and output projections).
 
   Args:
     model: The model the groups were computed on.
@@ -39,7 +41,8 @@ def magnitude_importance(model, groups):
     total = np.zeros(group.size)
     for path, positions in group.members:
       layer = graph.layer_at(model, path)
-      filters = None if layer is None else layers_lib.output_filters(layer)
+      filters = None if layer is None else layers_lib.side_filters(
+          layer, graph.member_side(path)[1])
       if filters is None:
         continue
       norms = np.linalg.norm(filters.astype(np.float64), axis=1) / np.sqrt(
@@ -98,19 +101,22 @@ class TaylorScorer:
 
   @staticmethod
   def _group_terms(model, group):
-    """[(kind, layer, positions)]: BN members, else producing members."""
+    """[(kind, layer, positions, side)]: BN members, else producing
+    members (`side`: the member's side of the layer, "out" or an inner
+    side such as an attention layer's heads)."""
     bn, producers, plain_bn = [], [], None
     for path, positions in group.members:
-      layer = graph.layer_at(model, path)
+      layer, side = graph.layer_at(model, path), graph.member_side(path)[1]
       if layer is None:
         continue
       if isinstance(layer, keras.layers.BatchNormalization):
         if layer.trainable and (layer.scale or layer.center):
-          bn.append(("bn", layer, positions))
+          bn.append(("bn", layer, positions, side))
         elif layer.trainable:
           plain_bn = layer
-      elif layer.trainable and layers_lib.output_filters(layer) is not None:
-        producers.append(("filter", layer, positions))
+      elif layer.trainable and layers_lib.side_filters(layer,
+                                                       side) is not None:
+        producers.append(("filter", layer, positions, side))
     if not bn and plain_bn is not None:
       warnings.warn(
           f"keras_epi: channel group '{group.name}' is normalised by "
@@ -130,9 +136,9 @@ class TaylorScorer:
     parts = []
     for group, terms in zip(self.groups, self._terms):
       s = ops.zeros([group.size], "float32")
-      for kind, layer, positions in terms:
-        per_channel = (_bn_taylor if kind == "bn" else _filter_taylor)(
-            layer, grad_of)
+      for kind, layer, positions, side in terms:
+        per_channel = (_bn_taylor(layer, grad_of) if kind == "bn" else
+                       _filter_taylor(layer, grad_of, side))
         if per_channel is None:
           continue
         valid = positions >= 0
@@ -183,11 +189,14 @@ def _bn_taylor(layer, grad_of):
   return s
 
 
-def _filter_taylor(layer, grad_of):
-  """``sum(w * dL/dw)`` over each output channel's kernel and bias."""
+def _filter_taylor(layer, grad_of, side="out"):
+  """``sum(w * dL/dw)`` over each output channel's kernel and bias (or
+  over each channel of another side: every weight of an attention head)."""
   s = None
-  for weight in layer.weights:
-    axis = layers_lib.output_axis(layer, weight.name)
+  rule = layers_lib.rule_of(layer)
+  for key, weight in zip(layers_lib.weight_keys(layer), layer.weights):
+    axes = rule.side_axes(key, side)
+    axis = axes[0] if axes else None
     if axis is None or id(weight) not in grad_of:
       continue
     product = _product(weight, grad_of)

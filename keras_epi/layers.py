@@ -40,6 +40,7 @@ import math
 import keras
 import numpy as np
 
+from keras_epi import _keras_internals as internals
 
 _L = keras.layers
 
@@ -86,6 +87,16 @@ class LayerRule:
     reshape: It only rearranges the elements of its input: an output size
       left open (a batch size traced as None made Keras' -1 unknown)
       follows from the input's size (`filled_reshape`).
+    config_sides: ``config_sides(layer, config, masks) -> config`` for a
+      layer with sides beyond its input and output (an attention layer's
+      heads): applied after `config`, with the call's keep masks by side.
+    build: ``build(layer, masks, call) -> None`` builds a rebuilt layer at
+      its pruned widths, for a layer whose `build` does not take the
+      shapes of its inputs in order (an attention layer's query, value and
+      key shapes).
+    call_macs: ``call_macs(call, masks) -> int``, the MACs of one call from
+      its masks by side, for a layer whose cost depends on more than its
+      first input's and its output's widths; it replaces `macs`.
   """
   channels: object
   weights: dict = dataclasses.field(default_factory=dict)
@@ -99,6 +110,18 @@ class LayerRule:
   residual: bool = False
   follower: bool = False
   reshape: bool = False
+  config_sides: object = None
+  build: object = None
+  call_macs: object = None
+
+  @property
+  def counted(self):
+    """Whether the rule counts MACs."""
+    return self.macs is not None or self.call_macs is not None
+
+  def side_axes(self, weight_name, side):
+    """The axes of a weight that follow `side`'s channels."""
+    return [axis for axis, s in self.weight_axes(weight_name) if s == side]
 
   def weight_axes(self, weight_name):
     return self.weights.get(weight_name, ())
@@ -125,10 +148,11 @@ class ChannelCall:
     output_shapes: Per-example shapes of the outputs.
     arguments: The call's positional arguments (tensors as KerasTensors).
     keyword_arguments: The call's keyword arguments.
+    tensors: The input tensors `inputs` label, in order.
   """
 
   def __init__(self, analysis, path, inputs, input_shapes, output_shapes,
-               arguments=(), keyword_arguments=None):
+               arguments=(), keyword_arguments=None, tensors=()):
     self._analysis = analysis
     self.path = path
     self.inputs = inputs
@@ -136,6 +160,37 @@ class ChannelCall:
     self.output_shapes = output_shapes
     self.arguments = arguments
     self.keyword_arguments = keyword_arguments or {}
+    self.tensors = list(tensors)
+    self.sides = {}  # side name -> labels (`side`, `inner`)
+    self.inner_sides = []  # the sides that are the layer's own channels
+
+  def labels_of(self, tensor):
+    """The labels and per-example shape of one of the call's input
+    tensors (a KerasTensor among its arguments)."""
+    for t, labels, shape in zip(self.tensors, self.inputs,
+                                self.input_shapes):
+      if t is tensor:
+        return labels, shape
+    raise Unsupported(f"{tensor!r} is not an input of the call")
+
+  def side(self, name, labels):
+    """Names the channels `labels` for the layer's weights: a weight axis
+    of side `name` (in the rule's `weights`) follows them."""
+    self.sides[name] = np.asarray(labels, dtype=np.int64)
+
+  def inner(self, name, n_or_labels):
+    """Channels of the layer's own that no tensor carries (an attention
+    layer's heads): fresh labels for `n` of them, or the given labels (of
+    another inner side: GQA's query heads repeat its key-value heads).
+    They form channel groups whose members are written
+    ``"layer_path:name"``; returns the labels."""
+    if isinstance(n_or_labels, (int, np.integer)):
+      labels = self._analysis.produce(f"{self.path}:{name}", int(n_or_labels))
+    else:
+      labels = np.asarray(n_or_labels, dtype=np.int64)
+    self.side(name, labels)
+    self.inner_sides.append(name)
+    return labels
 
   def produce(self, n):
     """Fresh labels for `n` channels this layer creates (a producer)."""
@@ -457,6 +512,38 @@ def rule_of(layer):
   return rule_for(type(layer)) or IGNORED
 
 
+def weight_keys(layer):
+  """The key of every weight of `layer` in its rule's `weights`, in the
+  order of `layer.weights`: a weight's name, or ``"sublayer/name"`` for a
+  weight of a sublayer (an attention layer's ``"query/kernel"``)."""
+  keys = {}
+
+  def visit(op, prefix):
+    for weight in internals.own_variables(op):
+      keys.setdefault(id(weight), prefix + weight.name)
+    for sub in internals.sublayers(op):
+      visit(sub, f"{prefix}{sub.name}/")
+
+  visit(layer, "")
+  return [keys.get(id(w), w.name) for w in layer.weights]
+
+
+def side_filters(layer, side="out"):
+  """The weights of each channel of `side` of a layer (its output
+  channels: the filters of its rule; another side, an attention layer's
+  heads: every weight with an axis on it), as an array of shape
+  ``(channels, weights per channel)``, or None where the layer has none."""
+  if side == "out":
+    return output_filters(layer)
+  rule = rule_of(layer)
+  parts = []
+  for key, weight in zip(weight_keys(layer), layer.weights):
+    for axis in rule.side_axes(key, side):
+      parts.append(per_output_channel(keras.ops.convert_to_numpy(weight),
+                                      axis))
+  return np.concatenate(parts, axis=1) if parts else None
+
+
 def output_axis(layer, weight_name):
   """Axis of `weight_name` that follows the layer's output channels, or None.
 
@@ -478,10 +565,10 @@ def output_filters(layer):
     filters (convolutions of every kind, Dense), or None for the others.
   """
   rule = rule_of(layer)
-  for weight in layer.weights:
-    if weight.name in rule.filters:
+  for key, weight in zip(weight_keys(layer), layer.weights):
+    if key in rule.filters:
       return per_output_channel(keras.ops.convert_to_numpy(weight),
-                                rule.output_axis(weight.name))
+                                rule.output_axis(key))
   return None
 
 

@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from keras_epi import _backend as backend
+from keras_epi import layers as layers_lib
 from keras_epi import plan as plan_lib
 
 
@@ -49,14 +50,13 @@ def channel_masks(model, analysis, keep):
     if not isinstance(call.op, keras.layers.Layer) or not call.outs:
       continue
     side_masks = plan.masks(call)
-    if all(m is None or m.all() for key in ("out", "in", "mid")
+    if all(m is None or m.all() for key in ("out", "in", "mid", *call.sides)
            for m in [side_masks.get(key)]):
       continue
-    for weight in call.op.weights:
+    for key, weight in zip(layers_lib.weight_keys(call.op), call.op.weights):
       if weight.name == "moving_variance":
         continue
-      mask = _weight_mask(weight, call.rule.weight_axes(weight.name),
-                          side_masks)
+      mask = _weight_mask(weight, call.rule.weight_axes(key), side_masks)
       if mask is not None:
         masks.append((weight, mask))
   optimizer = getattr(model, "optimizer", None)

@@ -33,13 +33,15 @@ class ResolvedPlan:
     return ~self.removed[self.analysis.find(labels)]
 
   def masks(self, call):
-    """``{"in", "out", "ins", "outs", "mid"}`` keep masks of one call."""
+    """``{"in", "out", "ins", "outs", "mid"}`` keep masks of one call, and
+    one per further side its flow named (`ChannelCall.side`)."""
     key = id(call)
     if key not in self._masks:
       ins = [self.mask(l) for l in call.ins]
       outs = [self.mask(l) for l in call.outs]
       masks = {"ins": ins, "outs": outs, "in": ins[0] if ins else None,
-               "out": outs[0] if outs else None}
+               "out": outs[0] if outs else None,
+               **{side: self.mask(l) for side, l in call.sides.items()}}
       if masks["in"] is not None and any(
           side == "mid" for axes in call.rule.weights.values()
           for _, side in axes):
@@ -47,18 +49,19 @@ class ResolvedPlan:
       self._masks[key] = masks
     return self._masks[key]
 
-  def cuts(self, path, weight_name):
-    """``[(axis, mask)]`` that slice a weight of the layer at `path`."""
+  def cuts(self, path, weight_key):
+    """``[(axis, mask)]`` that slice a weight of the layer at `path`
+    (`weight_key`: its key in the rule, `keras_epi.layers.weight_keys`)."""
     call = self.analysis.calls[path]
     masks = self.masks(call)
     return [(axis, masks[side])
-            for axis, side in call.rule.weight_axes(weight_name)
+            for axis, side in call.rule.weight_axes(weight_key)
             if axis != "depthwise"]
 
-  def cut(self, path, weight_name, value):
+  def cut(self, path, weight_key, value):
     """`value` (shaped like the weight, or one of its optimizer slots)
     with the removed channels taken out."""
-    return cut(value, self.cuts(path, weight_name))
+    return cut(value, self.cuts(path, weight_key))
 
   def macs(self):
     """MACs of the pruned model for one example, without building it."""
@@ -100,7 +103,7 @@ def counted_calls(analysis):
   key is the layer's path, ``"path#k"`` for its call ``k >= 1``."""
   seen, out = {}, []
   for call in analysis.all_calls:
-    if call.rule.macs is None:
+    if not call.rule.counted:
       continue
     k = seen.get(call.path, 0)
     seen[call.path] = k + 1
@@ -112,29 +115,33 @@ def open_calls(analysis):
   """The calls with a MAC formula whose input or output size is open
   (None): their MACs are unknown."""
   return [call for _, call in counted_calls(analysis)
-          if any(d is None for s in (*call.in_shapes[:1], *call.out_shapes[:1])
-                 for d in s)]
+          if call.filled or
+          any(d is None for s in (*call.in_shapes, *call.out_shapes[:1])
+              for d in s)]
 
 
 def call_macs(call, masks=None):
   """MACs of one call for one example; `masks` gives the pruned widths."""
   rule = call.rule
-  if rule.macs is None:
+  if not rule.counted:
     return 0
-  in_shape = list(call.in_shapes[0]) if call.in_shapes else []
-  out_shape = list(call.out_shapes[0])
-  channels_first = getattr(call.op, "data_format", None) == "channels_first"
-  if channels_first:  # the formulas read channels last
-    in_shape = in_shape[1:] + in_shape[:1]
-    out_shape = out_shape[1:] + out_shape[:1]
-  if any(d is None for d in (*in_shape, *out_shape)):
+  if call.filled or any(d is None for s in (*call.in_shapes,
+                                            *call.out_shapes[:1]) for d in s):
     raise ValueError(
         f"count_macs: layer '{call.path}' ({type(call.op).__name__}) has an "
-        f"unknown shape (input {tuple(call.in_shapes[0])}, output "
+        f"unknown shape (inputs {[tuple(s) for s in call.in_shapes]}, output "
         f"{tuple(call.out_shapes[0])}). Pass the input size to count at, "
         "e.g. count_macs(model, input_shape=(224, 224, 3)), or build the "
         "model on a fixed input shape.")
-  if masks is not None and not channels_first:
+  if rule.call_macs is not None:
+    return int(rule.call_macs(call, masks))
+  in_shape = list(call.in_shapes[0]) if call.in_shapes else []
+  out_shape = list(call.out_shapes[0])
+  if getattr(call.op, "data_format", None) == "channels_first":
+    # The formulas read channels last.
+    in_shape = in_shape[1:] + in_shape[:1]
+    out_shape = out_shape[1:] + out_shape[:1]
+  elif masks is not None:
     if masks["in"] is not None and in_shape:
       in_shape[-1] = int(masks["in"].sum())
     out_shape[-1] = int(masks["out"].sum())

@@ -37,7 +37,7 @@ def prunable_groups(model, analysis, *, keep_stem, keep_residual,
   Args:
     model: The model of `analysis`.
     analysis: Its `graph.Analysis`.
-    keep_stem: Leave the first group whole.
+    keep_stem: Leave the stem whole (`keras_epi.budget.stem_group`).
     keep_residual: Leave the residual streams whole.
     prune_frozen: Cut groups that a frozen layer (``trainable=False``, with
       weights) produces or carries; False keeps them whole and logs them.

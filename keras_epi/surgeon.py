@@ -118,6 +118,8 @@ class Surgeon:
         return self.model(op, path + "/")
       if path in self._analysis.expansions and self._changed_inside(path):
         self.untried.append(path)
+        if path in self._analysis.filled:
+          return self._copy_with_changes(op, path)
         return self.model(self._analysis.expansions[path], path + "/")
       if path in self._analysis.expansions:
         return self._copy(op, path)
@@ -164,6 +166,19 @@ class Surgeon:
         check_calls(model, new, self.plan)
     return new
 
+  def _copy_with_changes(self, layer, path):
+    """A composite layer whose `call` needs sizes its graph cannot keep
+    open (traced at filled sizes, `_functional.expand`): an object copy of
+    it, its own `call` and attributes, holding the narrower sublayers made
+    for the plan in place of the originals."""
+    inside = path + "/"
+    for call in self._analysis.all_calls:
+      if (call.path.startswith(inside) and isinstance(call.op, _L.Layer) and
+          call.path not in self._analysis.expansions and
+          not self._untouched(call)):
+        self._layer(call.op, call.path)  # the copier uses it from now on
+    return self._copy(layer, path)
+
   def _changed_inside(self, path):
     """Whether a plan cuts channels of a call inside the composite layer at
     `path`."""
@@ -173,7 +188,8 @@ class Surgeon:
 
   def _untouched(self, call):
     masks = self.plan.masks(call)
-    return all(m.all() for m in masks["ins"] + masks["outs"])
+    return all(m.all() for m in masks["ins"] + masks["outs"] +
+               [masks[side] for side in call.sides])
 
   def _copy(self, layer, path):
     """`layer` as it is: an object copy with new variables of the same
@@ -222,6 +238,8 @@ class Surgeon:
         config = layer.get_config()
         if call.rule.config is not None:
           config = call.rule.config(layer, config, n_in, n_out)
+        if call.rule.config_sides is not None:
+          config = call.rule.config_sides(layer, config, masks)
         new = functional.layer_from_config(layer, config)
         self._build_as_planned(new, call, masks)
       except Exception as e:  # pylint: disable=broad-except
@@ -234,13 +252,20 @@ class Surgeon:
     """Builds `new` at the call's pruned input widths; a ValueError unless
     its weights have the shapes the plan cuts the original's to."""
     shapes = _pruned_shapes(call, masks)
-    if not new.built:
+    if not new.built and call.rule.build is not None:
+      call.rule.build(new, masks, call)
+    elif not new.built:
       new.build(shapes[0] if len(shapes) == 1 else shapes)
-    expected = [plan_lib.cut_shape(w.shape, self.plan.cuts(call.path, w.name))
-                for w in call.op.weights]
+    expected = self._expected_shapes(call)
     got = [tuple(w.shape) for w in new.weights]
     if got != expected:
       raise ValueError(f"its weights came out {got}, not {expected}")
+
+  def _expected_shapes(self, call):
+    """The shapes of a layer's weights cut by the plan."""
+    return [plan_lib.cut_shape(w.shape, self.plan.cuts(call.path, key))
+            for key, w in zip(layers_lib.weight_keys(call.op),
+                              call.op.weights)]
 
   def _resized_copy(self, layer, call, masks, error):
     """`_rebuilt`'s copy of a layer whose config does not round-trip."""
@@ -249,13 +274,18 @@ class Surgeon:
     attributes = {k: v for k, v in vars(layer).items()
                   if not k.startswith("_")}
     rewritten = (call.rule.config(layer, dict(attributes), n_in, n_out)
-                 if call.rule.config is not None else attributes)
+                 if call.rule.config is not None else dict(attributes))
+    if call.rule.config_sides is not None:
+      rewritten = call.rule.config_sides(layer, rewritten, masks)
     changes = {k: v for k, v in rewritten.items()
                if k not in attributes or attributes[k] is not v}
     shapes = _pruned_shapes(call, masks)
+    build = ((lambda new: call.rule.build(new, masks, call))
+             if call.rule.build is not None else
+             (lambda new: new.build(shapes[0] if len(shapes) == 1
+                                    else shapes)))
     try:
-      new = internals.resized_copy(layer, changes,
-                                   shapes[0] if len(shapes) == 1 else shapes)
+      new = internals.resized_copy(layer, changes, build)
       self._build_as_planned(new, call, masks)
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(
@@ -274,8 +304,7 @@ class Surgeon:
     used as it is, or with the one integer entry that holds the width."""
     layer = call.op
     shapes = _pruned_shapes(call, masks)
-    expected = [plan_lib.cut_shape(w.shape, self.plan.cuts(call.path, w.name))
-                for w in layer.weights]
+    expected = self._expected_shapes(call)
     old_width = len(masks["out"])
     candidates = [None] + [k for k, v in config.items()
                            if type(v) is int and v == old_width]  # pylint: disable=unidiomatic-typecheck
@@ -332,11 +361,18 @@ class Surgeon:
   def weight_pairs(self):
     """Yields ``(old variable, new variable, slice)`` for every weight, where
     ``slice(array)`` cuts an array shaped like the old variable (its value or
-    an optimizer slot) to the new variable's shape."""
+    an optimizer slot) to the new variable's shape. A weight of a
+    narrower sublayer of a copied composite is yielded with its sublayer's
+    cut, once."""
+    rebuilt = {id(w) for path, (old, _) in self._layers.items()
+               if path not in self._copied for w in old.weights}
     for path, (old, new) in self._layers.items():
-      for old_weight, new_weight in zip(old.weights, new.weights):
-        cuts = [] if path in self._copied else self.plan.cuts(
-            path, old_weight.name)
+      copied = path in self._copied
+      for key, old_weight, new_weight in zip(layers_lib.weight_keys(old),
+                                             old.weights, new.weights):
+        if copied and id(old_weight) in rebuilt:
+          continue
+        cuts = [] if copied else self.plan.cuts(path, key)
         yield old_weight, new_weight, functools.partial(plan_lib.cut,
                                                         cuts=cuts)
 
@@ -345,14 +381,15 @@ class Surgeon:
     for path, (old, new) in self._layers.items():
       if id(new) in copied:
         continue  # its variables were made with the values
-      for old_weight, new_weight in zip(old.weights, new.weights):
-        self._load(old_weight, new_weight, path)
+      for key, old_weight, new_weight in zip(layers_lib.weight_keys(old),
+                                             old.weights, new.weights):
+        self._load(old_weight, new_weight, path, key)
     logging.vlog(1, "keras_epi: rebuilt %d layers", len(self._layers))
 
-  def _load(self, old, new, path):
+  def _load(self, old, new, path, key):
     """`new` = `old` sliced by the plan."""
     value = plan_lib.cut(keras.ops.convert_to_numpy(old),
-                         self.plan.cuts(path, old.name))
+                         self.plan.cuts(path, key))
     if value.shape != tuple(new.shape):
       raise AssertionError(
           f"keras_epi surgeon: weight '{old.path}' expects shape "

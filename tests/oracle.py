@@ -51,10 +51,13 @@ def zero_channels(model, groups, keep):
       continue
     removed = np.setdiff1d(np.arange(g.size), keep[g.name])
     for path, positions in g.members:
+      path, _, side = path.partition(":")
       layer = resolve(model, path)
       pos = positions[removed].ravel()
       pos = pos[pos >= 0]  # -1: a channel this layer does not carry
-      if layer is not None and pos.size:
+      if layer is not None and pos.size and side == "heads":
+        _zero_heads(layer, pos)
+      elif layer is not None and pos.size and not side:
         _zero_outputs(layer, pos)
 
 
@@ -86,6 +89,24 @@ def _zero_outputs(layer, pos):
     arrays["bias"][pos] = 0
   for name, value in arrays.items():
     weights[name].assign(value)
+
+
+def _zero_heads(layer, heads):
+  """Zeroes the value projection of attention heads (MultiHeadAttention's;
+  GroupQueryAttention's key-value heads, which their query heads share):
+  their share of the output is then exactly zero, whatever they attend
+  to."""
+  value = next(l for l in layer._layers if l.name == "value")  # pylint: disable=protected-access
+  kernel = keras.ops.convert_to_numpy(value.kernel)
+  if type(layer).__name__ == "CachedGemmaAttention":
+    kernel[heads] = 0  # (heads, model width, head size)
+  else:
+    kernel[:, heads] = 0  # (model width, heads, head size)
+  value.kernel.assign(kernel)
+  if getattr(value, "bias", None) is not None:
+    bias = keras.ops.convert_to_numpy(value.bias)
+    bias[heads] = 0
+    value.bias.assign(bias)
 
 
 def copy_model(model):
