@@ -30,6 +30,7 @@ Public API:
     LatencyTable and of the benchmarks).
 """
 
+from keras_epi import _attention_layers  # pylint: disable=unused-import
 from keras_epi import _builtin_layers  # pylint: disable=unused-import
 from keras_epi.budget import count_macs
 from keras_epi.budget import max_latency_ratio

@@ -43,6 +43,7 @@ import numpy as np
 from keras_epi import _backend as backend
 from keras_epi import _functional as functional
 from keras_epi import _keras_internals as internals
+from keras_epi import _weights as weights_lib
 from keras_epi import layers as layers_lib
 
 _L = keras.layers
@@ -469,7 +470,7 @@ def _load_folded(old, new, bn):
       value = bias * scale + shift
     else:
       value = values[weight.name]
-      axis = layers_lib.output_axis(old, weight.name)
+      axis = weights_lib.output_axis(old, weight.name)
       if axis == "depthwise":
         value = value * scale.reshape(value.shape[-2:])
       elif axis is not None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from keras_epi import _backend as backend
 from keras_epi import graph
+from keras_epi import _weights as weights_lib
 from keras_epi import layers as layers_lib
 
 TAYLOR_REDUCTIONS = ("square", "abs")
@@ -41,7 +42,7 @@ def magnitude_importance(model, groups):
     total = np.zeros(group.size)
     for path, positions in group.members:
       layer = graph.layer_at(model, path)
-      filters = None if layer is None else layers_lib.side_filters(
+      filters = None if layer is None else weights_lib.side_filters(
           layer, graph.member_side(path)[1])
       if filters is None:
         continue
@@ -114,7 +115,7 @@ class TaylorScorer:
           bn.append(("bn", layer, positions, side))
         elif layer.trainable:
           plain_bn = layer
-      elif layer.trainable and layers_lib.side_filters(layer,
+      elif layer.trainable and weights_lib.side_filters(layer,
                                                        side) is not None:
         producers.append(("filter", layer, positions, side))
     if not bn and plain_bn is not None:
@@ -194,7 +195,7 @@ def _filter_taylor(layer, grad_of, side="out"):
   over each channel of another side: every weight of an attention head)."""
   s = None
   rule = layers_lib.rule_of(layer)
-  for key, weight in zip(layers_lib.weight_keys(layer), layer.weights):
+  for key, weight in zip(weights_lib.weight_keys(layer), layer.weights):
     axes = rule.side_axes(key, side)
     axis = axes[0] if axes else None
     if axis is None or id(weight) not in grad_of:

@@ -40,7 +40,9 @@ import math
 import keras
 import numpy as np
 
-from keras_epi import _keras_internals as internals
+from keras_epi._channel_call import ChannelCall
+from keras_epi._channel_call import Unsupported
+
 
 _L = keras.layers
 
@@ -138,93 +140,6 @@ class LayerRule:
 IGNORED = LayerRule(FIXED)  # the rule of a layer whose channels stay whole
 
 
-class ChannelCall:
-  """What a flow function sees of one call of a layer (see `LayerRule`).
-
-  Attributes:
-    inputs: For every input tensor, an integer array of channel labels, one
-      per channel of its last axis. Equal labels must be pruned together.
-    input_shapes: Per-example shapes of the inputs (no batch axis).
-    output_shapes: Per-example shapes of the outputs.
-    arguments: The call's positional arguments (tensors as KerasTensors).
-    keyword_arguments: The call's keyword arguments.
-    tensors: The input tensors `inputs` label, in order.
-  """
-
-  def __init__(self, analysis, path, inputs, input_shapes, output_shapes,
-               arguments=(), keyword_arguments=None, tensors=()):
-    self._analysis = analysis
-    self.path = path
-    self.inputs = inputs
-    self.input_shapes = input_shapes
-    self.output_shapes = output_shapes
-    self.arguments = arguments
-    self.keyword_arguments = keyword_arguments or {}
-    self.tensors = list(tensors)
-    self.sides = {}  # side name -> labels (`side`, `inner`)
-    self.inner_sides = []  # the sides that are the layer's own channels
-
-  def labels_of(self, tensor):
-    """The labels and per-example shape of one of the call's input
-    tensors (a KerasTensor among its arguments)."""
-    for t, labels, shape in zip(self.tensors, self.inputs,
-                                self.input_shapes):
-      if t is tensor:
-        return labels, shape
-    raise Unsupported(f"{tensor!r} is not an input of the call")
-
-  def side(self, name, labels):
-    """Names the channels `labels` for the layer's weights: a weight axis
-    of side `name` (in the rule's `weights`) follows them."""
-    self.sides[name] = np.asarray(labels, dtype=np.int64)
-
-  def inner(self, name, n_or_labels):
-    """Channels of the layer's own that no tensor carries (an attention
-    layer's heads): fresh labels for `n` of them, or the given labels (of
-    another inner side: GQA's query heads repeat its key-value heads).
-    They form channel groups whose members are written
-    ``"layer_path:name"``; returns the labels."""
-    if isinstance(n_or_labels, (int, np.integer)):
-      labels = self._analysis.produce(f"{self.path}:{name}", int(n_or_labels))
-    else:
-      labels = np.asarray(n_or_labels, dtype=np.int64)
-    self.side(name, labels)
-    self.inner_sides.append(name)
-    return labels
-
-  def produce(self, n):
-    """Fresh labels for `n` channels this layer creates (a producer)."""
-    return self._analysis.produce(self.path, n)
-
-  def fix(self, labels):
-    """Marks channels that must be kept (this layer keeps them whole)."""
-    self._analysis.fix(labels, by=self.path)
-
-  def unite(self, a, b):
-    """Couples the channels of label arrays `a` and `b` (equal lengths)
-    pairwise: they are removed together."""
-    self._analysis.unite(a, b)
-
-  def fixed(self, n):
-    """Labels for `n` channels that must be kept."""
-    return self._analysis.fixed(n)
-
-  def merge(self, inputs=None):
-    """Couples inputs channel by channel (broadcasting single channels);
-    returns the labels of the result."""
-    inputs = self.inputs if inputs is None else inputs
-    return self._analysis.merge(inputs, self.output_shapes[0][-1], self.path)
-
-  def unsupported(self, reason):
-    """Raises the error that tells the user to register or ignore the
-    layer."""
-    raise Unsupported(reason)
-
-
-class Unsupported(Exception):
-  """A layer keras_epi cannot prune through (internal)."""
-
-
 _REGISTRY = {}  # class -> LayerRule
 _LOADERS = []  # functions that fill in the built-in rules, run once
 
@@ -234,6 +149,17 @@ def load_builtins(register):
   `keras_epi._builtin_layers` gives the built-in table this way."""
   _LOADERS.append(register)
   rule_for.cache_clear()
+
+
+def load_builtins_for(package, register):
+  """Runs `register` before the first lookup of a class from `package` (a
+  top-level module name): built-in rules for another library's layers,
+  whose modules are imported only where its models are used."""
+  _PACKAGE_LOADERS.setdefault(package, []).append(register)
+  rule_for.cache_clear()
+
+
+_PACKAGE_LOADERS = {}  # package -> functions filling in its rules
 
 
 def add_builtin(layer_class, rule):
@@ -355,6 +281,9 @@ def rule_for(op_class):
   """The rule of the nearest registered class in `op_class`'s MRO, or None."""
   while _LOADERS:
     _LOADERS.pop(0)()
+  for cls in op_class.__mro__:
+    for register in _PACKAGE_LOADERS.pop(cls.__module__.split(".")[0], ()):
+      register()
   for cls in op_class.__mro__:
     if cls in _REGISTRY:
       return _REGISTRY[cls]
@@ -510,72 +439,3 @@ def folds_into(producer, batchnorm, shape):
 def rule_of(layer):
   """The registry rule of a layer, or an empty (fixed) one."""
   return rule_for(type(layer)) or IGNORED
-
-
-def weight_keys(layer):
-  """The key of every weight of `layer` in its rule's `weights`, in the
-  order of `layer.weights`: a weight's name, or ``"sublayer/name"`` for a
-  weight of a sublayer (an attention layer's ``"query/kernel"``)."""
-  keys = {}
-
-  def visit(op, prefix):
-    for weight in internals.own_variables(op):
-      keys.setdefault(id(weight), prefix + weight.name)
-    for sub in internals.sublayers(op):
-      visit(sub, f"{prefix}{sub.name}/")
-
-  visit(layer, "")
-  return [keys.get(id(w), w.name) for w in layer.weights]
-
-
-def side_filters(layer, side="out"):
-  """The weights of each channel of `side` of a layer (its output
-  channels: the filters of its rule; another side, an attention layer's
-  heads: every weight with an axis on it), as an array of shape
-  ``(channels, weights per channel)``, or None where the layer has none."""
-  if side == "out":
-    return output_filters(layer)
-  rule = rule_of(layer)
-  parts = []
-  for key, weight in zip(weight_keys(layer), layer.weights):
-    for axis in rule.side_axes(key, side):
-      parts.append(per_output_channel(keras.ops.convert_to_numpy(weight),
-                                      axis))
-  return np.concatenate(parts, axis=1) if parts else None
-
-
-def output_axis(layer, weight_name):
-  """Axis of `weight_name` that follows the layer's output channels, or None.
-
-  Returns "depthwise" for a depthwise kernel ``(..., C, m)``, whose output
-  channel ``c * m + k`` is the slice ``[..., c, k]``.
-  """
-  return rule_of(layer).output_axis(weight_name)
-
-
-def output_filters(layer):
-  """The weights that produce each output channel of a layer.
-
-  Args:
-    layer: A Keras layer.
-
-  Returns:
-    An array of shape ``(output channels, weights per channel)`` with the
-    filter weights of each output channel, for layers whose rule names
-    filters (convolutions of every kind, Dense), or None for the others.
-  """
-  rule = rule_of(layer)
-  for key, weight in zip(weight_keys(layer), layer.weights):
-    if key in rule.filters:
-      return per_output_channel(keras.ops.convert_to_numpy(weight),
-                                rule.output_axis(key))
-  return None
-
-
-def per_output_channel(value, axis):
-  """Reshapes a weight to ``(output channels, rest)`` (NumPy)."""
-  if axis == "depthwise":
-    value = value.reshape(*value.shape[:-2], -1)  # (..., C*m), c-major
-    axis = -1
-  value = np.moveaxis(value, axis, 0)
-  return value.reshape(value.shape[0], -1)

@@ -27,7 +27,7 @@ import keras
 import numpy as np
 
 from keras_epi import _backend as backend
-from keras_epi import layers as layers_lib
+from keras_epi import _weights as weights_lib
 from keras_epi import plan as plan_lib
 
 
@@ -53,7 +53,7 @@ def channel_masks(model, analysis, keep):
     if all(m is None or m.all() for key in ("out", "in", "mid", *call.sides)
            for m in [side_masks.get(key)]):
       continue
-    for key, weight in zip(layers_lib.weight_keys(call.op), call.op.weights):
+    for key, weight in zip(weights_lib.weight_keys(call.op), call.op.weights):
       if weight.name == "moving_variance":
         continue
       mask = _weight_mask(weight, call.rule.weight_axes(key), side_masks)

@@ -51,7 +51,7 @@ class ResolvedPlan:
 
   def cuts(self, path, weight_key):
     """``[(axis, mask)]`` that slice a weight of the layer at `path`
-    (`weight_key`: its key in the rule, `keras_epi.layers.weight_keys`)."""
+    (`weight_key`: its key in the rule, `keras_epi._weights.weight_keys`)."""
     call = self.analysis.calls[path]
     masks = self.masks(call)
     return [(axis, masks[side])

@@ -17,6 +17,7 @@ from keras_epi import _functional as functional
 from keras_epi import _keras_internals as internals
 from keras_epi import _model_class as model_class
 from keras_epi import graph
+from keras_epi import _weights as weights_lib
 from keras_epi import layers as layers_lib
 from keras_epi import plan as plan_lib
 
@@ -264,7 +265,7 @@ class Surgeon:
   def _expected_shapes(self, call):
     """The shapes of a layer's weights cut by the plan."""
     return [plan_lib.cut_shape(w.shape, self.plan.cuts(call.path, key))
-            for key, w in zip(layers_lib.weight_keys(call.op),
+            for key, w in zip(weights_lib.weight_keys(call.op),
                               call.op.weights)]
 
   def _resized_copy(self, layer, call, masks, error):
@@ -368,7 +369,7 @@ class Surgeon:
                if path not in self._copied for w in old.weights}
     for path, (old, new) in self._layers.items():
       copied = path in self._copied
-      for key, old_weight, new_weight in zip(layers_lib.weight_keys(old),
+      for key, old_weight, new_weight in zip(weights_lib.weight_keys(old),
                                              old.weights, new.weights):
         if copied and id(old_weight) in rebuilt:
           continue
@@ -381,7 +382,7 @@ class Surgeon:
     for path, (old, new) in self._layers.items():
       if id(new) in copied:
         continue  # its variables were made with the values
-      for key, old_weight, new_weight in zip(layers_lib.weight_keys(old),
+      for key, old_weight, new_weight in zip(weights_lib.weight_keys(old),
                                              old.weights, new.weights):
         self._load(old_weight, new_weight, path, key)
     logging.vlog(1, "keras_epi: rebuilt %d layers", len(self._layers))
