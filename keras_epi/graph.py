@@ -401,7 +401,7 @@ class Analysis:
     for path, side in heads:
       self.fix(self.calls[path].sides[side], by=path)
     if heads:
-      logging.info(
+      logging.warning(
           "keras_epi: %s generates with a cache laid out for the same heads "
           "in every layer, so its attention heads are kept whole (its other "
           "widths prune). Prune its backbone for a model without "

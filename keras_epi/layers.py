@@ -372,7 +372,7 @@ def elementwise_op_flow(op, call):
   del op
   constants = [a for a in keras.tree.flatten(call.arguments)
                if not isinstance(a, keras.KerasTensor)]
-  if any(np.ndim(c) and np.size(c) > 1 for c in constants):
+  if any(np.ndim(c) and math.prod(np.shape(c)) > 1 for c in constants):
     for labels in call.inputs:  # a per-channel constant pins the channels
       call.fix(labels)
   return [call.merge()]
