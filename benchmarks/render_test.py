@@ -10,10 +10,12 @@ import pytest
 from benchmarks.coverage import run as coverage
 from benchmarks.inference_speed import run as inference_speed
 from benchmarks.latency_budget import run as latency_budget
+from benchmarks.schedule import run as schedule
 from benchmarks.study import latency as study_latency
 from benchmarks.study import run as study
 from benchmarks.surgery_time import run as surgery_time
 from benchmarks.training_cost import run as training_cost
+from benchmarks.transformers import run as transformers
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _WRITERS = {  # by the start of the file's name; latency_budget's otherwise
@@ -22,7 +24,8 @@ _WRITERS = {  # by the start of the file's name; latency_budget's otherwise
     "fashion_mnist_latency": study_latency.markdown,
     "fashion_mnist_study": lambda r: study.markdown(r["summary"], r["config"]),
     "summary": latency_budget.summary_markdown,
-    "training_cost": training_cost.markdown}
+    "training_cost": training_cost.markdown, "schedule": schedule.markdown,
+    "transformers": transformers.markdown}
 _RESULTS = sorted(glob.glob(os.path.join(_HERE, "*", "results", "**", "*.md"),
                             recursive=True))
 

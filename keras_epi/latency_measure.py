@@ -63,6 +63,13 @@ def measure(table_class, model, *, batch_size, training, widths, repeats,
   entries, measured = {}, {}
   counted = plan_lib.counted_calls(analysis)
   for key, call in counted:
+    if call.rule.call_macs is not None:
+      raise ValueError(
+          f"LatencyTable times convolutions and Dense layers at a grid of "
+          f"widths; layer '{key}' ({type(call.op).__name__}) is an attention "
+          "layer, which it cannot time yet. Plan its model with "
+          "budget='macs' or budget='neurons'.")
+  for key, call in counted:
     _check_known_shapes(call)
     spec = _Spec(analysis, call, widths, bool(training), round_to)
     if spec.signature not in measured:

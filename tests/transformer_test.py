@@ -211,3 +211,10 @@ def test_a_causal_lm_keeps_its_heads_and_still_generates(caplog):
                                 prompt["token_ids"][:, :4])
   # Its backbone alone prunes heads too.
   assert any(n.endswith(":heads") for n in _groups(model.backbone))
+
+
+def test_a_latency_table_of_a_transformer_is_refused_naming_the_layer():
+  model, _ = transformer_models.encoder_block()
+  with pytest.raises(ValueError, match=r"'mha' \(MultiHeadAttention\) is an "
+                     r"attention layer.*budget='macs'"):
+    keras_epi.LatencyTable.measure(model, batch_size=2)
