@@ -14,6 +14,7 @@ from benchmarks.schedule import run as schedule
 from benchmarks.study import latency as study_latency
 from benchmarks.study import run as study
 from benchmarks.surgery_time import run as surgery_time
+from benchmarks.training_cost import epoch_start
 from benchmarks.training_cost import run as training_cost
 from benchmarks.transformers import run as transformers
 
@@ -25,6 +26,7 @@ _WRITERS = {  # by the start of the file's name; latency_budget's otherwise
     "fashion_mnist_study": lambda r: study.markdown(r["summary"], r["config"]),
     "summary": latency_budget.summary_markdown,
     "training_cost": training_cost.markdown, "schedule": schedule.markdown,
+    "epoch_start": epoch_start.markdown,
     "transformers": transformers.markdown}
 _RESULTS = sorted(glob.glob(os.path.join(_HERE, "*", "results", "**", "*.md"),
                             recursive=True))

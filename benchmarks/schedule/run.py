@@ -56,6 +56,7 @@ class Config(study_lib.Config):
   latency_round_to: int = 8
   threads: int = _harness.flag(1, "TF intra- and inter-op threads (0: "
                                "TF's).")
+  one_iterator: bool = True  # benchmarks/training_cost: an epoch's start
   inference_rounds: int = 9
   data_dir: str = _harness.flag(None, "Fashion-MNIST IDX files (None: "
                                 "Debian's package, then "

@@ -36,7 +36,7 @@ RUN_SETTINGS = ("epochs", "depth", "image_size", "train_examples",
                 "validation_examples", "batch_size", "learning_rate",
                 "warmup_epochs", "weight_decay", "finetune_epochs",
                 "finetune_learning_rate", "epi_window", "epi_threshold",
-                "grid", "ratios", "threads")
+                "grid", "ratios", "threads", "one_iterator")
 _flag = _harness.flag
 
 
@@ -61,6 +61,10 @@ class Config:
   epi_window: int = 3  # the paper's 5 could not fire before epoch 6 of 12
   epi_threshold: float = None  # None: the paper's tau for the criterion
   threads: int = _flag(0, "TF intra- and inter-op threads (0: TF's).")
+  # One input iterator for a whole fit (the pipeline repeated,
+  # steps_per_epoch given), not a new one every epoch: see
+  # benchmarks/training_cost/README.md (the start of an epoch).
+  one_iterator: bool = False
   inference_rounds: int = 9
   data_dir: str = _flag(None, "Fashion-MNIST IDX files (None: Debian's "
                         "package, then tensorflow-datasets).")
@@ -124,10 +128,13 @@ class Study:
     timer, start = _harness.epoch_timer(), time.perf_counter()
     kwargs = dict(epochs=epochs or c.epochs, verbose=0,
                   callbacks=[timer] if epi is None else [epi, timer])
+    data = self.train()
+    if c.one_iterator:
+      data, kwargs["steps_per_epoch"] = data.repeat(), self.steps
     if epi is None:
-      model.fit(self.train(), **kwargs)
+      model.fit(data, **kwargs)
     else:
-      model, _ = keras_epi.fit(model, self.train(), **kwargs)
+      model, _ = keras_epi.fit(model, data, **kwargs)
     return model, time.perf_counter() - start, timer
 
   def record(self, policy, ratio, model, seconds, timer, epi=None, **extra):
