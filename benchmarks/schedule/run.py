@@ -4,9 +4,11 @@
   python -m benchmarks.schedule.run --merge             # JSON, table, plot
 
 One process runs every (seed, policy, ratio) of the config in turn and
-appends each finished run to ``<output_dir>/runs/runs_seed<S>.json``; run
-again, it skips the runs those files hold, so it can be stopped and resumed
-at any point (a run cut off is run again from its start). The model, data,
+appends each finished run to ``<output_dir>/runs/runs_seed<S>.json``
+(``runs_seed<S>-<part>.json`` with ``--part``); run again, it skips the
+runs the seed's files hold, so it can be stopped and resumed at any point
+(a run cut off is run again from its start), and two processes on two
+cores can share a seed (``--policies``, ``--ratios``, ``--part``). The model, data,
 schedule and recording are `benchmarks.study.run`'s (`Study`); the settings
 (`Config` below) make the schedule long enough that the dense phase before
 EPI's trigger is the share of the run it is in the paper.
@@ -37,8 +39,13 @@ class Config(study_lib.Config):
   seed: int = 0  # (the study's worker flag; --seeds here)
   seeds: tuple = _harness.flag((0, 1, 2), "Seeds to run, in turn.")
   merge: bool = _harness.flag(False, "Gather the run files; train nothing.")
-  policies: tuple = POLICIES
-  ratios: tuple = (0.5, 0.7)
+  policies: tuple = _harness.flag(POLICIES, "Policies to run (a part of "
+                                  "the study).")
+  ratios: tuple = _harness.flag((0.5, 0.7), "Ratios to run.")
+  part: str = _harness.flag("", "Names this process's file, runs_seed<S>"
+                            "-<part>.json, so that two processes can run "
+                            "parts of one seed; each skips the runs of "
+                            "every file of the seed.")
   grid: tuple = (0, 3, 6, 10, 15)
   epochs: int = 30
   depth: int = 20
@@ -184,13 +191,7 @@ def worker(config):
   _harness.set_threads(config.threads)
   machine = _harness.machine()
   for seed in config.seeds:
-    path = os.path.join(config.output_dir, "runs", f"runs_seed{seed}.json")
-    runs = []
-    if os.path.exists(path):
-      with open(path) as f:
-        runs = json.load(f)["runs"]
-    done = {_key_of(r) for r in runs}
-    todo = [k for k in planned_runs(config) if k not in done]
+    path, runs, seen, todo = pending_runs(config, seed)
     if not todo:
       continue
     study = study_lib.Study(config, seed)
@@ -200,23 +201,51 @@ def worker(config):
     dense = None
     for key in todo:
       if key[0] == "train_prune_finetune" and dense is None:
-        dense = _dense_for_finetuning(config, study, runs)
+        dense = _dense_for_finetuning(config, study, seen)
       record = run_one(config, study, key, table, dense)
       if key[0] == "dense":
-        dense = _dense_for_finetuning(config, study, runs + [record])
+        dense = _dense_for_finetuning(config, study, [record])
       runs.append(dict(record, finished=time.strftime("%Y-%m-%dT%H:%M:%S")))
+      seen.append(runs[-1])
       _harness.write_report(path, {
           "config": {k: getattr(config, k) for k in study_lib.RUN_SETTINGS},
           "machine": machine, "runs": runs})
       keras.backend.clear_session()
       logging.info("seed %d: %s done (%d of %d left)", seed, key,
                    len([k for k in todo if k not in
-                        {_key_of(r) for r in runs}]), len(todo))
+                        {_key_of(r) for r in seen}]), len(todo))
+
+
+def pending_runs(config, seed):
+  """(this process's run file, its records, the records of every file of
+  the seed, the planned runs none of them holds)."""
+  name = f"runs_seed{seed}" + (f"-{config.part}" if config.part else "")
+  path = os.path.join(config.output_dir, "runs", name + ".json")
+  runs = _read_runs(path)
+  seen = runs + [r for p in _seed_files(config, seed) if p != path
+                 for r in _read_runs(p)]  # the seed's other parts
+  done = {_key_of(r) for r in seen}
+  return path, runs, seen, [k for k in planned_runs(config)
+                            if k not in done]
+
+
+def _seed_files(config, seed):
+  """Every run file of `seed`: its own and its parts'."""
+  runs = os.path.join(config.output_dir, "runs")
+  return sorted(glob.glob(os.path.join(runs, f"runs_seed{seed}.json")) +
+                glob.glob(os.path.join(runs, f"runs_seed{seed}-*.json")))
+
+
+def _read_runs(path):
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return json.load(f)["runs"]
 
 
 def _dense_for_finetuning(config, study, runs):
   """(the seed's dense model, its record), from the weights `run_dense`
-  saved in `work_dir`."""
+  saved in `work_dir` (by this process or another part's)."""
   record = next(r for r in runs if r["policy"] == "dense")
   model = study.build()
   with np.load(os.path.join(config.work_dir,

@@ -2,6 +2,7 @@
 its summary on hand-made records whose answers are known."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -25,6 +26,26 @@ def test_planned_runs_put_dense_first_and_cover_every_policy_and_ratio():
   assert len(runs) == 1 + 2 * (5 + 2)  # 5 policies and 2 grid epochs
   assert ("fixed", 0.7, 3) in runs and ("epi_latency", 0.5, None) in runs
   assert len(set(runs)) == len(runs)
+
+
+def test_a_part_skips_the_runs_of_the_seeds_other_files(tmp_path):
+  runs_dir = tmp_path / "runs"
+  runs_dir.mkdir()
+  for name, records in (
+      ("runs_seed2.json", [_run("dense", 2), _run("epi", 2, 0.5)]),
+      ("runs_seed2-b.json", [_run("fixed", 2, 0.7, 3)]),
+      ("runs_seed12.json", [_run("early_bird", 12, 0.7)])):
+    (runs_dir / name).write_text(json.dumps({"runs": records}))
+  config = dataclasses.replace(
+      schedule.Config(), output_dir=str(tmp_path), ratios=(0.7,),
+      grid=(3, 6), policies=("fixed", "early_bird"), part="b")
+  path, own, seen, todo = schedule.pending_runs(config, 2)
+  assert path == str(runs_dir / "runs_seed2-b.json") and len(own) == 1
+  assert len(seen) == 3  # seed 12's file is not seed 2's
+  assert todo == [("early_bird", 0.7, None), ("fixed", 0.7, 6)]
+  config = dataclasses.replace(config, part="", policies=("dense", "epi"),
+                               ratios=(0.5,))
+  assert schedule.pending_runs(config, 2)[3] == []
 
 
 def test_time_is_over_the_same_seeds_dense_and_tpf_runs():
