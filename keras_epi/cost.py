@@ -8,8 +8,9 @@ an epoch before the cut (``dense_seconds``), an epoch after it
 so they are part of the epochs), or the cut itself (``prune_seconds``:
 surgery, masking and, in `keras_epi.fit`, compiling the pruned model and
 carrying the optimizer state over). What lies outside the epochs (Keras'
-set-up of a fit, callbacks after the last epoch) is ``other_seconds``, so
-the parts add up to ``total_seconds``.
+set-up of a fit, callbacks after the last epoch and, in `keras_epi.fit`,
+everything until it returns) is ``other_seconds``, so the parts add up to
+``total_seconds``.
 """
 
 import contextlib

@@ -72,6 +72,7 @@ def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
                   initial_epoch=initial_epoch, **kwargs)
       if not epi.pruned:
         run.finish()
+        epi.cost.stop()  # at the return: Keras' work after the last epoch
         return model, run.history
       run.dense_done()
       pruned = run.prepare(epi.pruned_model, epi.surgeon)
@@ -81,6 +82,7 @@ def fit(model, x=None, y=None, *, callbacks=None, epochs=1, initial_epoch=0,
                        initial_epoch=initial_epoch, **kwargs)
     else:
       run.finish()
+  epi.cost.stop()  # at the return: Keras' work after the last epoch
   return pruned, run.history
 
 

@@ -1,6 +1,9 @@
 """Tests of keras_epi.cost: a run's time by phase, on a fake clock and in a
 real keras_epi.fit."""
 
+import time
+
+import keras
 import pytest
 
 import keras_epi
@@ -70,3 +73,27 @@ def test_a_fit_records_every_epoch_and_its_parts_add_up():
   # What lies outside the epochs and the cut (Keras' set-up of the two
   # fits) is a small share of the run.
   assert 0 <= record["other_seconds"] <= 0.25 * record["total_seconds"]
+
+
+class _SlowEnd(keras.callbacks.Callback):
+  """Keras' work after the last epoch, stood in for by a callback that runs
+  after the EPICallback's `on_train_end` (keras_epi.fit puts it first)."""
+
+  def on_train_end(self, logs=None):
+    time.sleep(0.5)
+
+
+@pytest.mark.parametrize("prune_epoch", [2, 9])  # pruned, never pruned
+def test_the_record_covers_keras_epi_fit_until_it_returns(prune_epoch):
+  model = make_model()
+  x, y = make_data(64)
+  cb = keras_epi.EPICallback(prune_ratio=0.5, policy="fixed",
+                             prune_epoch=prune_epoch)
+  start = time.perf_counter()
+  keras_epi.fit(model, x, y, epochs=3, batch_size=32, verbose=0,
+                callbacks=[cb, _SlowEnd()])
+  wall = time.perf_counter() - start
+  record = cb.training_cost
+  assert record["other_seconds"] >= 0.5  # the slow end is in the record
+  assert record["total_seconds"] <= wall
+  assert record["total_seconds"] == pytest.approx(wall, rel=0.02)
