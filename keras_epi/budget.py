@@ -242,11 +242,10 @@ def plan_channels(analysis, scores, ratio, *, budget="neurons",
   cost = None
   if budget == "latency":
     _check_latency_table(budget, latency_table)
-    cost = _Cost(analysis, latency_table.predictor(analysis), ranked, sizes,
-                 "latency")
+    cost = _Cost(latency_table.predictor(analysis), ranked, sizes, "latency")
   elif budget == "macs":
-    cost = _Cost(analysis, functools.partial(planned_macs, analysis), ranked,
-                 sizes, "MACs")
+    cost = _Cost(functools.partial(planned_macs, analysis), ranked, sizes,
+                 "MACs")
 
   # Global order of removal: lowest score (per unit of latency) first; each
   # group's best `min_channels` are never candidates.
@@ -344,8 +343,7 @@ def max_latency_ratio_of(analysis, latency_table, min_channels, round_to,
   ranked = candidate_groups(analysis, keep_stem, keep_residual)
   if not ranked:
     raise ValueError(f"{_NOTHING_TO_PRUNE} {analysis.kept_whole_by()}".strip())
-  cost = _Cost(analysis, latency_table.predictor(analysis), (), sizes,
-               "latency")
+  cost = _Cost(latency_table.predictor(analysis), (), sizes, "latency")
   smallest = cost.predict(_smallest_plan(sizes, ranked, min_channels,
                                          round_to))
   return _floor(1.0 - smallest / cost.dense)
@@ -396,8 +394,7 @@ class _Cost:
       value (a group whose channels save nothing is removed last).
   """
 
-  def __init__(self, analysis, predict, ranked, sizes, unit):
-    del analysis
+  def __init__(self, predict, ranked, sizes, unit):
     self.predict = predict
     self.dense = self.predict({})
     if not self.dense > 0:

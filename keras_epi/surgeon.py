@@ -252,11 +252,8 @@ class Surgeon:
   def _build_as_planned(self, new, call, masks):
     """Builds `new` at the call's pruned input widths; a ValueError unless
     its weights have the shapes the plan cuts the original's to."""
-    shapes = _pruned_shapes(call, masks)
-    if not new.built and call.rule.build is not None:
-      call.rule.build(new, masks, call)
-    elif not new.built:
-      new.build(shapes[0] if len(shapes) == 1 else shapes)
+    if not new.built:
+      _build_at_plan(new, call, masks)
     expected = self._expected_shapes(call)
     got = [tuple(w.shape) for w in new.weights]
     if got != expected:
@@ -280,13 +277,9 @@ class Surgeon:
       rewritten = call.rule.config_sides(layer, rewritten, masks)
     changes = {k: v for k, v in rewritten.items()
                if k not in attributes or attributes[k] is not v}
-    shapes = _pruned_shapes(call, masks)
-    build = ((lambda new: call.rule.build(new, masks, call))
-             if call.rule.build is not None else
-             (lambda new: new.build(shapes[0] if len(shapes) == 1
-                                    else shapes)))
     try:
-      new = internals.resized_copy(layer, changes, build)
+      new = internals.resized_copy(
+          layer, changes, lambda new: _build_at_plan(new, call, masks))
       self._build_as_planned(new, call, masks)
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(
@@ -485,6 +478,16 @@ def _named(op, path, class_name, failure):
           f"ignore=[{path!r}], or register it (keras_epi.register_layer) "
           "with the weights that follow its channels.") from e
   return call
+
+
+def _build_at_plan(new, call, masks):
+  """Builds `new`, a layer made for `call` cut by `masks`: by its rule's
+  `build` where it has one, else at the call's pruned input shapes."""
+  if call.rule.build is not None:
+    call.rule.build(new, masks, call)
+    return
+  shapes = _pruned_shapes(call, masks)
+  new.build(shapes[0] if len(shapes) == 1 else shapes)
 
 
 def _pruned_shapes(call, masks):
