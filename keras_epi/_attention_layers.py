@@ -14,6 +14,7 @@ import math
 import keras
 import numpy as np
 
+from keras_epi import _builtin_layers
 from keras_epi import _keras_internals as internals
 from keras_epi import layers
 
@@ -212,6 +213,34 @@ def _register_keras_hub():
   layers.add_builtin(gemma_attention.CachedGemmaAttention, _attention_rule(
       _grouped_heads, lambda l: (l.head_dim, l.head_dim), weights,
       _grouped_config, names=("x",)))
+  from keras_hub.src.models.vit import vit_layers  # pylint: disable=g-import-not-at-top
+  layers.add_builtin(vit_layers.ViTPatchingAndEmbedding, _Rule(
+      _embedding_producer, {
+          "patch_embedding/kernel": ((-1, "out"),),
+          "patch_embedding/bias": ((0, "out"),),
+          "class_token": ((-1, "out"),),
+          "position_embedding/embeddings": ((-1, "out"),)},
+      layers.width_config("hidden_dim"), _patch_embedding_macs,
+      filters=("patch_embedding/kernel",), data_format=True))
+  from keras_hub.src.models.gemma import rms_normalization  # pylint: disable=g-import-not-at-top
+  layers.add_builtin(rms_normalization.RMSNormalization, _Rule(
+      layers.FIXED, approximate=_builtin_layers.norm_rule(
+          ("scale",), axis_of=lambda layer: -1)))
+
+
+def _embedding_producer(layer, call):
+  """A layer that embeds inputs kept whole (an image's patches) into new
+  channels: the model width of a ViT."""
+  del layer
+  for labels in call.inputs:
+    call.fix(labels)
+  return [call.produce(call.output_shapes[0][-1])]
+
+
+def _patch_embedding_macs(layer, in_shape, out_shape):
+  """The patch convolution: every patch's pixels to every channel."""
+  return (layer.num_patches * math.prod(layer.patch_size) * in_shape[-1] *
+          out_shape[-1])
 
 
 # -- EinsumDense ---------------------------------------------------------------

@@ -70,6 +70,34 @@ def _axis_over_channels(layer, call):
   return _over_channels(layer.axis, call.output_shapes[0])
 
 
+def norm_rule(weights, axis_of=lambda layer: layer.axis):
+  """The rule of a normalisation through which the model width may be cut
+  (``through_norms=True``): elementwise where it normalises over the
+  channel axis alone (its `weights`, one value per channel, are cut with
+  the channels), kept whole otherwise. Not exact: the statistics of the
+  kept channels leave out the removed ones."""
+  def fixes(layer, call):
+    return not layers.over_channels_only(axis_of(layer),
+                                         call.output_shapes[0])
+  return _Rule(_axis_flow(fixes), {w: ((-1, "out"),) for w in weights})
+
+
+def _embedding_flow(layer, call):
+  """An Embedding makes new channels, one per column of its table, from
+  indices kept whole. Called with ``reverse=True`` (keras_hub's
+  ReversibleEmbedding, the tied output projection of an LM) it reads the
+  channels of its input through the same table: kept whole there, so the
+  table keeps its columns too (the first call names the cut)."""
+  del layer
+  for labels in call.inputs:
+    call.fix(labels)
+  reverse = call.keyword_arguments.get(
+      "reverse", call.arguments[1] if len(call.arguments) > 1 else False)
+  if reverse is not False:
+    return [call.fixed(layers.width_of(s)) for s in call.output_shapes]
+  return [call.produce(call.output_shapes[0][-1])]
+
+
 def _rescaling_fixes(layer, call):
   del call
   return bool(np.ndim(layer.scale) or np.ndim(layer.offset))
@@ -325,7 +353,7 @@ _MIXING_NAMES = (
     "Normalization", "RandomGrayscale", "RandomHue",
     "RandomSaturation", "RandomColorJitter", "RandomColorDegeneration",
     "AutoContrast", "Equalization", "RandAugment", "AugMix", "MixUp",
-    "CutMix", "Pipeline", "Embedding",
+    "CutMix", "Pipeline",
     "Attention", "AdditiveAttention", "LSTM", "GRU",
     "SimpleRNN", "Bidirectional", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D",
     "TimeDistributed", "RNN", "SimpleRNNCell", "GRUCell", "LSTMCell",
@@ -402,10 +430,19 @@ def register():  # pylint: disable=too-many-statements
   add((_L.Activation,), _Rule(_activation_flow, follower=True))
   add(_classes("ReLU", "LeakyReLU", "ELU"),
       _Rule(layers.ELEMENTWISE, data_format=True, follower=True))
-  add(
-      _classes("LayerNormalization", "UnitNormalization", "Softmax",
-               "RMSNormalization"), _Rule(_axis_flow(_axis_over_channels)))
+  add(_classes("UnitNormalization", "Softmax"),
+      _Rule(_axis_flow(_axis_over_channels)))
+  # Exact: kept whole. Through norms (approximate): a norm over the channels
+  # alone passes them on, its scale and offset cut with them.
+  for name, weights in (("LayerNormalization", ("gamma", "beta")),
+                        ("RMSNormalization", ("scale",))):
+    add(_classes(name), _Rule(_axis_flow(_axis_over_channels),
+                              approximate=norm_rule(weights)))
   add((_L.Rescaling,), _Rule(_axis_flow(_rescaling_fixes)))
+  add((_L.Embedding,), _Rule(
+      _embedding_flow, {"embeddings": ((-1, "out"),),
+                        "reverse_embeddings": ((0, "out"),)},
+      layers.width_config("output_dim"), filters=("embeddings",)))
   add(_classes(*_PER_CHANNEL_NAMES), _Rule(layers.ELEMENTWISE,
                                            data_format=True))
   add(_classes(*_MIXING_NAMES), _Rule(layers.FIXED))

@@ -45,7 +45,8 @@ def functional_like(old, inputs, outputs, copier, plan=None):
   """A functional model of `inputs` and `outputs` with `old`'s name, of
   `old`'s class (or its ``Pruned`` subclass, see the module docstring),
   its own attributes copied by `copier` (an `internals.Copier`). `plan`,
-  ``(keep, ignore)``, is what a ``Pruned`` model saves with `old`."""
+  ``(keep, ignore, groups, through_norms)``, is what a ``Pruned`` model
+  saves with `old`."""
   functional = functional_class()
   cls = type(old)
   if cls in (keras.Model, functional):
@@ -78,7 +79,7 @@ def _recipe(old, plan):
   where `old` does not serialise or there is no plan."""
   if plan is None:
     return None
-  keep, ignore, groups = plan
+  keep, ignore, groups, through_norms = plan
   try:
     dense = keras.saving.serialize_keras_object(old)
     json.dumps(dense)
@@ -89,6 +90,7 @@ def _recipe(old, plan):
   # another process.
   order = {g.name: (i, g.size) for i, g in enumerate(groups)}
   return {"dense": dense, "ignore": list(ignore),
+          "through_norms": through_norms,
           "keep": [[name, *order[name], [int(i) for i in kept]]
                    for name, kept in keep.items()],
           "shapes": [list(w.shape) for w in old.weights]}
@@ -132,7 +134,8 @@ class _Pruned:
     recipe = self.__dict__.get(_RECIPE)
     if recipe is not None and recipe.setdefault("rebuilds",
                                                 _rebuilds(recipe)):
-      saved = {k: recipe[k] for k in ("dense", "ignore", "keep")}
+      saved = {k: recipe[k] for k in ("dense", "ignore", "keep",
+                                      "through_norms")}
       return {"name": self.name, _KEY: {"recipe": saved}}
     config = functional_class().get_config(self)
     base = type(self).__mro__[2]  # Pruned<Class>(_Pruned, Class)
@@ -161,7 +164,8 @@ class _Pruned:
       dense = keras.saving.deserialize_keras_object(
           recipe["dense"], custom_objects=custom_objects)
       return _PRUNER[0](dense, _plan_of(dense, recipe),
-                        ignore=recipe["ignore"])
+                        ignore=recipe["ignore"],
+                        through_norms=recipe.get("through_norms", False))
     base = getattr(importlib.import_module(meta["module"]), meta["class"])
     model = keras.Model.from_config.__func__(pruned_class(base), config,
                                               custom_objects)
@@ -180,7 +184,9 @@ class _Pruned:
 def _plan_of(dense, recipe):
   """A recipe's plan for the rebuilt `dense`: by group name, or, where the
   names differ, by the groups' order (their sizes must agree)."""
-  groups = graph.channel_groups(dense, ignore=recipe["ignore"])
+  groups = graph.channel_groups(
+      dense, ignore=recipe["ignore"],
+      through_norms=recipe.get("through_norms", False))
   names = {g.name for g in groups}
   if all(name in names for name, *_ in recipe["keep"]):
     return {name: kept for name, _, _, kept in recipe["keep"]}

@@ -33,7 +33,7 @@ _NOTHING_TO_PRUNE = (
 
 
 def count_macs(model, keep=None, *, ignore=(), input_shape=None,
-               per_layer=False):
+               per_layer=False, through_norms=False):
   """Multiply-accumulates of `model` for one example.
 
   Args:
@@ -53,6 +53,8 @@ def count_macs(model, keep=None, *, ignore=(), input_shape=None,
       the layer's path (``"conv1"``, ``"backbone/conv1"``), ``"path#k"`` for
       its call ``k >= 1`` (the keys of `keras_epi.LatencyTable`), for every
       call with a MAC formula, in graph order.
+    through_norms: The `through_norms` the plan was made with (see
+      `keras_epi.channel_groups`).
 
   Returns:
     The MAC count, an `int` (or the per-layer dict).
@@ -68,7 +70,7 @@ def count_macs(model, keep=None, *, ignore=(), input_shape=None,
   """
   shapes = functional.check_input_shapes(model, input_shape)
   analysis = graph.analyze(model, ignore, strict=keep is not None,
-                           input_shapes=shapes)
+                           input_shapes=shapes, through_norms=through_norms)
   masks = plan_lib.ResolvedPlan(analysis, keep) if keep is not None else None
   counted = {key: plan_lib.call_macs(call, masks and masks.masks(call))
              for key, call in plan_lib.counted_calls(analysis)}
@@ -76,7 +78,7 @@ def count_macs(model, keep=None, *, ignore=(), input_shape=None,
 
 
 def uniform_plan(model, fraction, *, scores=None, round_to=1, ignore=(),
-                 keep_stem=False, keep_residual=False):
+                 keep_stem=False, keep_residual=False, through_norms=False):
   """A plan that keeps the same fraction of every channel group.
 
   Each group keeps ``fraction * size`` channels, rounded by the rule of
@@ -94,6 +96,8 @@ def uniform_plan(model, fraction, *, scores=None, round_to=1, ignore=(),
     keep_stem: Leave the stem whole (the first group, where a convolution
       makes it from the input's channels).
     keep_residual: Leave the residual streams whole.
+    through_norms: Cut through LayerNormalization and RMSNormalization
+      (approximate; see `keras_epi.channel_groups`).
 
   Returns:
     ``{group name: sorted kept indices}`` for the groups that lose channels.
@@ -104,7 +108,7 @@ def uniform_plan(model, fraction, *, scores=None, round_to=1, ignore=(),
   """
   validation.number("fraction", fraction, "(0, 1]")
   validation.integer("round_to", round_to, 1)
-  analysis = graph.analyze(model, ignore)
+  analysis = graph.analyze(model, ignore, through_norms=through_norms)
   cut = set(candidate_groups(analysis, keep_stem, keep_residual))
   keep = {}
   for g in analysis.groups:
@@ -122,7 +126,8 @@ def uniform_plan(model, fraction, *, scores=None, round_to=1, ignore=(),
 
 def select_channels(model, scores, ratio, *, budget="neurons", ignore=(),
                     min_channels=1, round_to=1, keep_stem=True,
-                    keep_residual=False, latency_table=None):
+                    keep_residual=False, latency_table=None,
+                    through_norms=False):
   """The channels to keep: a global ranking of scores under a budget.
 
   All channels of the scored groups are ranked together by score; the lowest
@@ -175,6 +180,10 @@ def select_channels(model, scores, ratio, *, budget="neurons", ignore=(),
     latency_table: A `keras_epi.LatencyTable` measured on `model` (or on
       the model it was pruned from); required with ``budget="latency"``
       and only then.
+    through_norms: Let groups pass through LayerNormalization and
+      RMSNormalization: a transformer's model width becomes a group.
+      Approximate (see `keras_epi.channel_groups`); pass the same value to
+      `keras_epi.prune_model`. Not with ``budget="latency"``.
 
   Returns:
     ``{group name: sorted np.ndarray of kept indices}`` for the scored groups,
@@ -194,8 +203,9 @@ def select_channels(model, scores, ratio, *, budget="neurons", ignore=(),
                                    latency_table=table, round_to=8)
   ```
   """
-  check_arguments(ratio, budget, min_channels, round_to, latency_table)
-  analysis = graph.analyze(model, ignore)
+  check_arguments(ratio, budget, min_channels, round_to, latency_table,
+                  through_norms)
+  analysis = graph.analyze(model, ignore, through_norms=through_norms)
   keep = plan_channels(analysis, scores, ratio, budget=budget,
                        min_channels=min_channels, round_to=round_to,
                        keep_stem=keep_stem, keep_residual=keep_residual,
@@ -436,13 +446,18 @@ def _check_latency_table(budget, latency_table):
 
 
 def check_arguments(ratio, budget, min_channels, round_to,
-                    latency_table=None):
+                    latency_table=None, through_norms=False):
   """ValueErrors naming the argument; NumPy scalars count as numbers."""
   if not isinstance(ratio, numbers.Real) or isinstance(
       ratio, (bool, np.bool_)) or not 0.0 < ratio < 1.0:
     raise ValueError(f"`ratio` must be a number in (0, 1), received "
                      f"{ratio!r}.")
   validation.choice("budget", budget, BUDGETS)
+  if through_norms and budget == "latency":
+    raise ValueError(
+        "budget='latency' cannot be combined with through_norms=True: a "
+        "LatencyTable times the model's exact channel groups. Use "
+        "budget='macs' (or 'neurons') for the model width.")
   if not isinstance(min_channels, numbers.Integral) or isinstance(
       min_channels, bool) or min_channels < 1:
     raise ValueError(f"`min_channels` must be an integer >= 1, received "

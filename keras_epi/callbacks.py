@@ -70,6 +70,13 @@ class EPICallback(keras.callbacks.Callback):
       `prune_by` (`Deadline`) and `gradual_steps` (`Gradual`); not both.
       An `EPITrigger`'s own `window` or `threshold` sets the callback's.
     ignore: Layer names whose channels stay (see `keras_epi.channel_groups`).
+    through_norms: Prune through LayerNormalization and RMSNormalization
+      too: a transformer's model width (embeddings, residual stream, norms'
+      scales) joins the ranking. Approximate: a cut norm takes its
+      statistics over the kept channels, so the cut changes the model's
+      function and training after it recovers (see
+      `keras_epi.channel_groups`). Default False: every cut is exact.
+      Not with ``budget="latency"``.
     min_channels, round_to: Kept widths: at least, and multiples of.
     keep_stem, keep_residual: Leave the stem (the first group, where a
       convolution makes it from the input's channels), or the residual
@@ -108,7 +115,7 @@ class EPICallback(keras.callbacks.Callback):
                init_steps=20, early_bird_penalty=1e-4,
                early_bird_distance=0.1, backup_dir=None, gradual_steps=1,
                prune_frozen=False, verbose=1, latency_table=None,
-               trigger=None, input_shape=None):
+               trigger=None, input_shape=None, through_norms=False):
     super().__init__()
     self.prune_ratio = validation.number("prune_ratio", prune_ratio, "(0, 1)")
     self.criterion = validation.choice("criterion", criterion, CRITERIA)
@@ -120,8 +127,9 @@ class EPICallback(keras.callbacks.Callback):
     (self.window, self.threshold, self.gradual_steps, self._batchnorm,
      self._gamma_penalty) = triggers_lib.settings(self.trigger, window,
                                                   threshold, criterion)
+    self.through_norms = validation.boolean("through_norms", through_norms)
     budget_lib.check_arguments(self.prune_ratio, budget, min_channels,
-                               round_to, latency_table)
+                               round_to, latency_table, self.through_norms)
     self.budget, self.latency_table = budget, latency_table
     self.min_channels, self.round_to = int(min_channels), int(round_to)
     self.ignore = validation.names("ignore", ignore)
@@ -229,7 +237,8 @@ class EPICallback(keras.callbacks.Callback):
         latency_table=self.latency_table, ratio=self.prune_ratio,
         min_channels=self.min_channels, round_to=self.round_to,
         init_steps=self.init_steps, at_start=self.trigger.due(-1),
-        criterion=self.criterion, gradual_steps=self.gradual_steps)
+        criterion=self.criterion, gradual_steps=self.gradual_steps,
+        through_norms=self.through_norms)
     analysis = self._pruning.analysis
     self._saved = self.state_file and self.state_file.load_for(model,
                                                                analysis)

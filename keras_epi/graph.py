@@ -46,7 +46,7 @@ _L = keras.layers
 ChannelGroup = _groups.ChannelGroup
 
 
-def channel_groups(model, *, ignore=()):
+def channel_groups(model, *, ignore=(), through_norms=False):
   """Finds the groups of coupled output channels of a functional Keras model.
 
   Args:
@@ -55,6 +55,13 @@ def channel_groups(model, *, ignore=()):
     ignore: Names of layers whose input and output channels must stay as they
       are (their channels join no group). Use it for layers this module does
       not understand; a nested layer may be named ``"nested_model/layer"``.
+    through_norms: Let groups pass through LayerNormalization and
+      RMSNormalization over the channels (a transformer's model width, the
+      stream of a ConvNeXt stage). Approximate: a pruned norm takes its
+      statistics over the kept channels, so the pruned model is not the
+      dense one with those channels zeroed; training on after the cut
+      (EPI) recovers. False (the default): such norms keep their channels
+      whole and every cut is exact.
 
   Returns:
     A list of :class:`ChannelGroup`, ordered by their first producer.
@@ -71,22 +78,24 @@ def channel_groups(model, *, ignore=()):
   >>> groups[0].name, groups[0].size
   ('conv1_conv', 64)
   """
-  return analyze(model, ignore).groups
+  return analyze(model, ignore, through_norms=through_norms).groups
 
 
 layer_at = functional.layer_at
 member_side = functional.member_side
 
 
-def analyze(model, ignore=(), strict=True, input_shapes=None):
+def analyze(model, ignore=(), strict=True, input_shapes=None,
+            through_norms=False):
   """Runs the label propagation; returns an `Analysis` (internal).
 
   With ``strict=False`` layers keras_epi cannot prune through are kept
   whole instead of raising (used by `count_macs`). `input_shapes` (per
   model input, without the batch axis) replaces the model's own input
-  shapes, e.g. to fill in open spatial sizes (see `_functional.check_input_shapes`).
+  shapes, e.g. to fill in open spatial sizes (see
+  `_functional.check_input_shapes`). `through_norms`: see `channel_groups`.
   """
-  return Analysis(model, ignore, strict, input_shapes)
+  return Analysis(model, ignore, strict, input_shapes, through_norms)
 
 
 @dataclasses.dataclass
@@ -134,8 +143,13 @@ class Analysis:
       sizes (rebuilt as copies, `_functional.expand`).
   """
 
-  def __init__(self, model, ignore, strict=True, input_shapes=None):
+  def __init__(self, model, ignore, strict=True, input_shapes=None,
+               through_norms=False):
     functional.check_model(model)
+    if not isinstance(through_norms, bool):
+      raise ValueError(f"`through_norms` must be True or False, received "
+                       f"{through_norms!r}.")
+    self.through_norms = through_norms
     if isinstance(ignore, str):
       raise ValueError(
           f"`ignore` must be a collection of layer names, received the string "
@@ -289,6 +303,8 @@ class Analysis:
       return self._walk(op, ins, path + "/")
     out_shapes = self._output_shapes(node, ins)
     rule = layers_lib.rule_for(type(op))
+    if rule is not None and self.through_norms and rule.approximate:
+      rule = rule.approximate
     if rule is not None and rule.reshape:
       out_shapes = [layers_lib.filled_reshape(in_shapes[0], out_shapes[0])]
     if path in self.ignore or op.name in self.ignore:

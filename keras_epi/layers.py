@@ -99,6 +99,11 @@ class LayerRule:
     call_macs: ``call_macs(call, masks) -> int``, the MACs of one call from
       its masks by side, for a layer whose cost depends on more than its
       first input's and its output's widths; it replaces `macs`.
+    approximate: The rule that applies instead where the caller accepts
+      cuts that change the layer's function (``through_norms=True``): a
+      LayerNormalization or RMSNormalization over the channels, whose
+      statistics are then taken over the kept channels. None: the layer
+      has one rule.
   """
   channels: object
   weights: dict = dataclasses.field(default_factory=dict)
@@ -115,6 +120,7 @@ class LayerRule:
   config_sides: object = None
   build: object = None
   call_macs: object = None
+  approximate: object = None
 
   @property
   def counted(self):

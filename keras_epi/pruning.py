@@ -79,7 +79,8 @@ def prunable_groups(model, analysis, *, keep_stem, keep_residual,
 
 def for_fit(model, params, *, ignore, input_shape, keep_stem, keep_residual,
             prune_frozen, budget, latency_table, ratio, min_channels,
-            round_to, init_steps, at_start, criterion, gradual_steps):
+            round_to, init_steps, at_start, criterion, gradual_steps,
+            through_norms=False):
   """``(frozen group names, Pruning)`` of one fit of `model` (the settings
   of `keras_epi.EPICallback`; `params` the fit's); a ValueError before
   training where the run cannot prune (no group, an unreachable latency
@@ -87,7 +88,8 @@ def for_fit(model, params, *, ignore, input_shape, keep_stem, keep_residual,
   check_init_steps(params, init_steps, at_start, criterion, gradual_steps)
   analysis = graph.analyze(
       model, ignore,
-      input_shapes=functional.check_input_shapes(model, input_shape))
+      input_shapes=functional.check_input_shapes(model, input_shape),
+      through_norms=through_norms)
   frozen, groups = prunable_groups(
       model, analysis, keep_stem=keep_stem, keep_residual=keep_residual,
       prune_frozen=prune_frozen, min_channels=min_channels)

@@ -24,7 +24,7 @@ from keras_epi import plan as plan_lib
 _L = keras.layers
 
 
-def prune_model(model, keep, *, ignore=()):
+def prune_model(model, keep, *, ignore=(), through_norms=False):
   """Returns a copy of `model` without the channels that `keep` leaves out.
 
   Every weight of a surviving channel is copied: conv, dense and transposed
@@ -54,6 +54,11 @@ def prune_model(model, keep, *, ignore=()):
       group's channels to keep. Groups not named keep all their channels.
     ignore: The `ignore` given to `keras_epi.channel_groups` when the groups
       were computed.
+    through_norms: The `through_norms` the plan was made with. With True,
+      LayerNormalization and RMSNormalization over a cut stream keep the
+      scale and offset of the kept channels and normalise over them: the
+      result is not the model with those channels zeroed (approximate;
+      see `keras_epi.channel_groups`).
 
   Returns:
     A new model of `model`'s class (Sequential if `model` is Sequential).
@@ -70,13 +75,16 @@ def prune_model(model, keep, *, ignore=()):
   >>> keep = {g.name: range(g.size // 2) for g in groups}
   >>> small = keras_epi.prune_model(model, keep)
   """
-  return prune_with_surgeon(model, keep, ignore)[0]
+  return prune_with_surgeon(model, keep, ignore,
+                            through_norms=through_norms)[0]
 
 
-def prune_with_surgeon(model, keep, ignore=(), analysis=None):
+def prune_with_surgeon(model, keep, ignore=(), analysis=None,
+                       through_norms=False):
   """`prune_model` that also returns the surgeon, whose `weight_pairs` maps
   old variables to new ones (for optimizer-state transfer). Internal."""
-  analysis = analysis or graph.analyze(model, ignore)
+  analysis = analysis or graph.analyze(model, ignore,
+                                       through_norms=through_norms)
   surgeon = Surgeon(plan_lib.ResolvedPlan(analysis, keep))
   return surgeon.model(model, ""), surgeon
 
@@ -157,7 +165,8 @@ class Surgeon:
         make=lambda i, o: model_class.functional_like(
             model, i, o, self._copier,
             None if prefix else (self.plan.keep, self._analysis.ignore,
-                                 self._analysis.groups)))
+                                 self._analysis.groups,
+                                 self._analysis.through_norms)))
     self._models[id(model)] = new
     self._copier.use(model, new)
     if not prefix:

@@ -156,7 +156,8 @@ class _Run:
     epi, state_file = self.epi, self.epi.state_file
     if state_file is None or not state_file.exists():
       return None
-    analysis = graph.analyze(self.model, epi.ignore)
+    analysis = graph.analyze(self.model, epi.ignore,
+                             through_norms=epi.through_norms)
     saved = state_file.load_for(self.model, analysis)
     if saved is None or saved.prune is None:
       return None

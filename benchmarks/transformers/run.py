@@ -37,6 +37,9 @@ class Config:
   seeds: tuple = (0, 1)
   ratios: tuple = (0.3, 0.5)
   tasks: tuple = ("vit", "lm")
+  # EPI with the model width (through_norms=True) on these tasks: a
+  # CausalLM's tied output embedding keeps its width whole.
+  width_tasks: tuple = ("vit",)
   # ViT: 28x28 images in 7x7 patches of 4x4 pixels.
   vit_train_examples: int = 6000
   vit_layers: int = 4
@@ -144,8 +147,9 @@ def causal_lm(config):
 # -- runs ----------------------------------------------------------------------
 
 
-def run(config, task, seed, ratio, data):
-  """One run of `task` (dense where `ratio` is None): its record."""
+def run(config, task, seed, ratio, data, through_norms=False):
+  """One run of `task` (dense where `ratio` is None; the model width cut
+  too with `through_norms`): its record."""
   keras.utils.set_random_seed(seed)
   epochs = config.vit_epochs if task == "vit" else config.lm_epochs
   x, y, x_test, y_test = data
@@ -159,13 +163,16 @@ def run(config, task, seed, ratio, data):
     final = model
   else:
     epi = keras_epi.EPICallback(prune_ratio=ratio, window=config.epi_window,
-                                prune_by=epochs // 2, verbose=0)
+                                prune_by=epochs // 2, verbose=0,
+                                through_norms=through_norms)
     final, _ = keras_epi.fit(model, x, y, callbacks=[epi], **kwargs)
+    at_cut = _at_cut(model, epi, task, x_test, y_test, through_norms)
   wall = time.perf_counter() - start
   test = final.evaluate(x_test, y_test, batch_size=256, verbose=0,
                         return_dict=True)
   record = {
-      "task": task, "policy": "dense" if ratio is None else "epi",
+      "task": task, "policy": ("dense" if ratio is None else
+                               "epi_width" if through_norms else "epi"),
       "ratio": ratio, "seed": seed, "epochs": epochs,
       "prune_epoch": epi and epi.prune_epoch,
       "prune_reason": epi and epi.prune_reason,
@@ -182,11 +189,43 @@ def run(config, task, seed, ratio, data):
     record["test_perplexity"] = float(np.exp(test["loss"]))
   if epi is not None:
     record.update(_latency(config, task, final, x_test))
+    record["at_cut"] = at_cut
   logging.info("%s %s ratio=%s seed=%d: %s", task, record["policy"], ratio,
                seed, {k: record.get(k) for k in (
                    "test_accuracy", "test_perplexity", "macs_fraction",
                    "prune_epoch", "wall_seconds")})
   return record
+
+
+def _at_cut(dense, epi, task, x_test, y_test, through_norms):
+  """The cut's own effect, before any training on: `dense` as it was at
+  the cut (keras_epi.fit trains the pruned copy on) against the model the
+  plan cuts from it, on the first 2,000 test examples: accuracy (ViT) or
+  perplexity (LM) of both and the largest output difference relative to
+  the largest dense output."""
+  if epi.keep is None:
+    return None
+  x = keras.tree.map_structure(lambda a: a[:2000], x_test)
+  y = y_test[:2000]
+  cut = keras_epi.prune_model(dense, epi.keep, through_norms=through_norms)
+  out = {}
+  for name, m in (("dense", dense), ("cut", cut)):
+    logits = keras.ops.convert_to_numpy(m.predict(x, batch_size=256,
+                                                  verbose=0))
+    out[name] = logits
+  metric = {}
+  for name, logits in out.items():
+    if task == "vit":
+      metric[name] = float(np.mean(np.argmax(logits, -1) == y))
+    else:
+      z = logits - logits.max(-1, keepdims=True)
+      logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+      metric[name] = float(np.exp(-np.mean(
+          np.take_along_axis(logp, y[..., None], -1))))
+  return {"dense": metric["dense"], "cut": metric["cut"],
+          "relative_output_difference": float(
+              np.abs(out["cut"] - out["dense"]).max() /
+              np.abs(out["dense"]).max())}
 
 
 def _shape(task, config):
@@ -215,17 +254,19 @@ def summarize(runs):
   dense = {(r["task"], r["seed"]): r for r in runs if r["policy"] == "dense"}
   rows = {}
   for r in runs:
-    rows.setdefault((r["task"], r["ratio"] or 0.0), []).append(r)
+    rows.setdefault((r["task"], r["ratio"] or 0.0, r["policy"]), []).append(r)
   out = []
-  for (task, ratio), of in sorted(rows.items()):
+  for (task, ratio, policy), of in sorted(rows.items()):
     metric = "test_accuracy" if task == "vit" else "test_perplexity"
     values = [r[metric] for r in of]
 
     def mean(key, where=of):
       values = [r[key] for r in where if r.get(key) is not None]
       return float(np.mean(values)) if values else None
+    cuts = [r["at_cut"] for r in of if r.get("at_cut")]
     out.append({
-        "task": task, "ratio": ratio or None, "seeds": [r["seed"] for r in of],
+        "task": task, "policy": policy, "ratio": ratio or None,
+        "seeds": [r["seed"] for r in of],
         metric: float(np.mean(values)), f"{metric}_std": float(np.std(values)),
         "prune_epochs": [r["prune_epoch"] for r in of],
         "macs_fraction": mean("macs_fraction"),
@@ -233,7 +274,9 @@ def summarize(runs):
         "time_vs_dense": float(np.mean([
             r["wall_seconds"] / dense[task, r["seed"]]["wall_seconds"]
             for r in of if (task, r["seed"]) in dense])),
-        "widths": [r["widths"] for r in of]})
+        "widths": [r["widths"] for r in of],
+        "at_cut_dense": [c["dense"] for c in cuts],
+        "at_cut_cut": [c["cut"] for c in cuts]})
   return out
 
 
@@ -242,12 +285,14 @@ def markdown(results):
   rows = []
   for r in results["summary"]:
     metric = ("test_accuracy" if r["task"] == "vit" else "test_perplexity")
+    at_cut = " ".join(f"{d:.3f}->{c:.3f}" for d, c in zip(
+        r.get("at_cut_dense", []), r.get("at_cut_cut", []))) or "-"
     rows.append([
-        r["task"], f(r["ratio"], ".1f"), " ".join(
+        r["task"], r["policy"], f(r["ratio"], ".1f"), " ".join(
             "-" if e is None else str(e) for e in r["prune_epochs"]),
         f"{r[metric]:.4f} ± {r[metric + '_std']:.4f}",
         f(r["macs_fraction"], ".3f"), f(r["params"], ",.0f"),
-        f(r["latency_ratio"], ".3f"), f(r["time_vs_dense"], ".2f")])
+        f(r["latency_ratio"], ".3f"), f(r["time_vs_dense"], ".2f"), at_cut])
   c = results["config"]
   return "\n".join([
       "# Transformers under EPI", "", _harness.machine_line(results), "",
@@ -262,9 +307,14 @@ def markdown(results):
       f"{list(c['seeds'])}. Latency: inference of the final model / the "
       "dense architecture, alternated in one process (batch "
       f"{c['batch_size']}). Setup: benchmarks/transformers/README.md.", "",
-      *_harness.table(["task", "ratio", "prune epoch per seed",
+      "epi_width: EPI with `through_norms=True` (the model width cut too, "
+      "approximate). At the cut: the metric of the dense model at the "
+      "prune epoch -> of the model cut from it, before training on (2,000 "
+      "test examples), per seed.", "",
+      *_harness.table(["task", "policy", "ratio", "prune epoch per seed",
                        "test accuracy / perplexity", "MACs", "params",
-                       "latency / dense", "time / dense"], rows)]) + "\n"
+                       "latency / dense", "time / dense", "at the cut"],
+                      rows)]) + "\n"
 
 
 def main(config):
@@ -273,19 +323,23 @@ def main(config):
   if os.path.exists(path):
     with open(path) as f:
       runs = json.load(f)["runs"]
-  done = {(r["task"], r["ratio"], r["seed"]) for r in runs}
+  done = {(r["task"], r["policy"], r["ratio"], r["seed"]) for r in runs}
   datasets = {}
   for task in config.tasks:
     for seed in config.seeds:
-      for ratio in (None, *config.ratios):
-        if (task, ratio, seed) in done:
+      todo = [("dense", None)] + [("epi", r) for r in config.ratios] + (
+          [("epi_width", r) for r in config.ratios]
+          if task in config.width_tasks else [])
+      for policy, ratio in todo:
+        if (task, policy, ratio, seed) in done:
           continue
         if task not in datasets:
           datasets[task] = (fashion_mnist(config) if task == "vit" else
                             (lambda tr, te: (*sequences(tr, config.lm_sequence),
                                              *sequences(te, config.lm_sequence)))
                             (*stdlib_bytes(config)))
-        runs.append(run(config, task, seed, ratio, datasets[task]))
+        runs.append(run(config, task, seed, ratio, datasets[task],
+                        through_norms=policy == "epi_width"))
         keras.backend.clear_session()
         results = {"date": _harness.now(), "machine": _harness.machine(),
                    "config": dataclasses.asdict(config), "runs": runs,
