@@ -48,10 +48,13 @@ _CONVS = (_L.Conv1D, _L.Conv2D, _L.Conv3D, _L.Conv1DTranspose,
 def _models(only):
   """[(source, name, builder)] in table order, restricted to `only`."""
   from tests import hub_models  # pylint: disable=g-import-not-at-top
+  from tests import transformer_models  # pylint: disable=g-import-not-at-top
   from tests import user_models  # pylint: disable=g-import-not-at-top
   models = [("zoo", n, b) for n, b in zoo_models.ZOO_MODELS.items()] + [
       ("hub", n, b) for n, b in hub_models.HUB_MODELS.items()] + [
-          ("user", n, b) for n, b in user_models.USER_MODELS.items()]
+          ("user", n, b) for n, b in user_models.USER_MODELS.items()] + [
+              ("transformer", n, b)
+              for n, b in transformer_models.TRANSFORMERS.items()]
   if only:
     models = [m for m in models if m[1] in only or f"{m[0]}:{m[1]}" in only]
     missing = set(only) - {x for s, n, _ in models for x in (n, f"{s}:{n}")}
@@ -108,9 +111,13 @@ def _measure(config, row, builder, workdir):
   built = step("build", builder)
   if built is None:
     return
-  model, shape = built
+  if row["source"] == "transformer":  # (model, example inputs)
+    model, x = built
+    shape = _input_shapes(model, x)
+  else:
+    model, shape = built
+    x = zoo_models.random_inputs(shape, batch=config.batch)
   row.update(input_shape=shape, params=int(model.count_params()))
-  x = zoo_models.random_inputs(shape, batch=config.batch)
   nchw = row["model"] == "channels_first"  # TF on CPU runs no NCHW conv
   if not nchw:  # BN statistics and biases, not the kernels the plan reads
     step("randomize_statistics", lambda: oracle.randomize_statistics(model))
@@ -176,11 +183,42 @@ def _measure(config, row, builder, workdir):
     row["reload_max_abs_diff"] = step("keras_reload", round_trip)
     row.update(reload_ok="keras_reload" not in row["errors"],
                reload_seconds=time.perf_counter() - t)
+  if groups is not None and not nchw:
+    step("through_norms", lambda: _through_norms(config, row, model, x,
+                                                 shape, ignore, len(groups)))
   if nchw:
     row["oracle"] = "skipped (channels_first: no NCHW conv on TF CPU)"
   elif groups is not None:  # mutates `model`: runs last
     row["oracle_error"] = step("oracle", lambda: float(
         oracle.check_equivalence(model, x, copy=False, ignore=ignore)[3]))
+
+
+def _input_shapes(model, x):
+  """Per-example shapes of `x` in the order of `model.inputs`."""
+  if isinstance(x, dict):
+    return [tuple(x[t.name].shape[1:]) for t in model.inputs]
+  return tuple(x.shape[1:])
+
+
+def _through_norms(config, row, model, x, shape, ignore, exact_groups):
+  """The same plan with ``through_norms=True``, where that finds more
+  groups (the model width through LayerNormalization / RMSNormalization):
+  its groups, MACs and the pruned output's difference from the dense one
+  (approximate by design; no oracle)."""
+  groups = keras_epi.channel_groups(model, ignore=ignore, through_norms=True)
+  row["groups_through_norms"] = len(groups)
+  if len(groups) == exact_groups:
+    return
+  keep = keras_epi.select_channels(
+      model, keras_epi.magnitude_importance(model, groups), ratio=config.ratio,
+      budget=config.budget, ignore=ignore, through_norms=True)
+  pruned = keras_epi.prune_model(model, keep, ignore=ignore,
+                                 through_norms=True)
+  macs = keras_epi.count_macs(pruned, input_shape=shape)
+  if row.get("macs_dense"):
+    row["macs_through_norms_fraction"] = macs / row["macs_dense"]
+  row["width_cut"] = any(g.residual and g.name in keep and
+                         len(keep[g.name]) < g.size for g in groups)
 
 
 def _macs(macs):
@@ -216,6 +254,13 @@ def _cells(r, tolerance):
   if "oracle" not in r and r.get("oracle_error") is not None:
     orc = f"{r['oracle_error']:.1e}" + (
         " **FAIL**" if r["oracle_error"] > tolerance else "")
+  width = "-" if "groups_through_norms" not in r else (
+      "same" if r["groups_through_norms"] == r.get("groups") else
+      f"{r['groups_through_norms']}" + (
+          f", {r['macs_through_norms_fraction']:.3f}"
+          if "macs_through_norms_fraction" in r else ""))
+  if "through_norms" in errors:
+    width = errors["through_norms"]
   diff = r.get("reload_max_abs_diff")
   reload = ("-" if "reload_ok" not in r else errors["keras_reload"]
             if not r["reload_ok"] else "ok" if diff is None else
@@ -224,7 +269,7 @@ def _cells(r, tolerance):
       r["family"], r["model"], ootb,
       r.get("groups", errors.get("channel_groups_with_ignore", "-")),
       f"{r.get('prunable_channels', '-')} / {r.get('output_channels') or '-'}",
-      dense, plan, orc, reload, f"{r['seconds']:.1f}")]
+      dense, plan, orc, reload, width, f"{r['seconds']:.1f}")]
 
 
 def markdown(results):
@@ -241,7 +286,8 @@ def markdown(results):
       "benchmarks/coverage/README.md.", "", *_harness.table(
           ["family", "model", "out of the box", "groups",
            "prunable / conv+dense ch.", "MACs dense",
-           "MACs at plan (fraction)", "oracle error", ".keras reload", "s"],
+           "MACs at plan (fraction)", "oracle error", ".keras reload",
+           "through_norms: groups, MACs at plan", "s"],
           [_cells(r, results["setup"]["oracle_tolerance"]) for r in models]),
       *(["", "## keras_epi warnings", "", *warnings] if warnings else []),
       "", "## Errors", "", *(failures or ["None."])]) + "\n"
@@ -257,7 +303,8 @@ def main(config):
       handler.messages = []
       row = {"source": source, "model": name, "errors": {},
              "error_messages": {}, "family": (
-                 "keras_hub" if source == "hub" else "users' models"
+                 "keras_hub" if source == "hub" else "transformers"
+                 if source == "transformer" else "users' models"
                  if source == "user" else "custom layers"
                  if name.startswith("custom_") else name
                  if name == "channels_first" else "keras.applications"

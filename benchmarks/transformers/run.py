@@ -37,9 +37,11 @@ class Config:
   seeds: tuple = (0, 1)
   ratios: tuple = (0.3, 0.5)
   tasks: tuple = ("vit", "lm")
-  # EPI with the model width (through_norms=True) on these tasks: a
-  # CausalLM's tied output embedding keeps its width whole.
-  width_tasks: tuple = ("vit",)
+  # The EPI runs of each task (POLICIES): the ViT's with the model width
+  # too (through_norms=True; a CausalLM's tied output embedding keeps its
+  # width whole), under the neuron and the MAC budget.
+  vit_policies: tuple = ("epi", "epi_macs", "epi_width", "epi_width_macs")
+  lm_policies: tuple = ("epi",)
   # ViT: 28x28 images in 7x7 patches of 4x4 pixels.
   vit_train_examples: int = 6000
   vit_layers: int = 4
@@ -66,6 +68,15 @@ class Config:
   output_dir: str = "benchmarks/transformers/results"
   quick: bool = _harness.flag(False, "Smoke run: tiny data and models, to a "
                               "scratch directory.")
+
+
+# EPICallback's settings of each policy.
+POLICIES = {
+    "epi": {},
+    "epi_macs": {"budget": "macs"},
+    "epi_width": {"through_norms": True},
+    "epi_width_macs": {"through_norms": True, "budget": "macs"},
+}
 
 
 QUICK = {"seeds": (0,), "ratios": (0.5,), "vit_train_examples": 256,
@@ -147,9 +158,11 @@ def causal_lm(config):
 # -- runs ----------------------------------------------------------------------
 
 
-def run(config, task, seed, ratio, data, through_norms=False):
-  """One run of `task` (dense where `ratio` is None; the model width cut
-  too with `through_norms`): its record."""
+def run(config, task, seed, ratio, data, policy="dense"):
+  """One run of `task` and `policy` (dense, or one of POLICIES at
+  `ratio`): its record."""
+  settings = POLICIES.get(policy, {})
+  through_norms = settings.get("through_norms", False)
   keras.utils.set_random_seed(seed)
   epochs = config.vit_epochs if task == "vit" else config.lm_epochs
   x, y, x_test, y_test = data
@@ -158,21 +171,20 @@ def run(config, task, seed, ratio, data, through_norms=False):
   dense_macs = keras_epi.count_macs(model, input_shape=_shape(task, config))
   kwargs = dict(batch_size=config.batch_size, epochs=epochs, verbose=0)
   epi = None
-  if ratio is None:
+  if policy == "dense":
     model.fit(x, y, **kwargs)
     final = model
   else:
     epi = keras_epi.EPICallback(prune_ratio=ratio, window=config.epi_window,
                                 prune_by=epochs // 2, verbose=0,
-                                through_norms=through_norms)
+                                **settings)
     final, _ = keras_epi.fit(model, x, y, callbacks=[epi], **kwargs)
     at_cut = _at_cut(model, epi, task, x_test, y_test, through_norms)
   wall = time.perf_counter() - start
   test = final.evaluate(x_test, y_test, batch_size=256, verbose=0,
                         return_dict=True)
   record = {
-      "task": task, "policy": ("dense" if ratio is None else
-                               "epi_width" if through_norms else "epi"),
+      "task": task, "policy": policy,
       "ratio": ratio, "seed": seed, "epochs": epochs,
       "prune_epoch": epi and epi.prune_epoch,
       "prune_reason": epi and epi.prune_reason,
@@ -307,8 +319,10 @@ def markdown(results):
       f"{list(c['seeds'])}. Latency: inference of the final model / the "
       "dense architecture, alternated in one process (batch "
       f"{c['batch_size']}). Setup: benchmarks/transformers/README.md.", "",
-      "epi_width: EPI with `through_norms=True` (the model width cut too, "
-      "approximate). At the cut: the metric of the dense model at the "
+      "Policies: epi (neuron budget: heads and MLP neurons count one each), "
+      "epi_macs (MAC budget), epi_width and epi_width_macs (the same with "
+      "`through_norms=True`: the model width cut too, approximate). At "
+      "the cut: the metric of the dense model at the "
       "prune epoch -> of the model cut from it, before training on (2,000 "
       "test examples), per seed.", "",
       *_harness.table(["task", "policy", "ratio", "prune epoch per seed",
@@ -327,9 +341,9 @@ def main(config):
   datasets = {}
   for task in config.tasks:
     for seed in config.seeds:
-      todo = [("dense", None)] + [("epi", r) for r in config.ratios] + (
-          [("epi_width", r) for r in config.ratios]
-          if task in config.width_tasks else [])
+      policies = config.vit_policies if task == "vit" else config.lm_policies
+      todo = [("dense", None)] + [(p, r) for p in policies
+                                  for r in config.ratios]
       for policy, ratio in todo:
         if (task, policy, ratio, seed) in done:
           continue
@@ -338,8 +352,7 @@ def main(config):
                             (lambda tr, te: (*sequences(tr, config.lm_sequence),
                                              *sequences(te, config.lm_sequence)))
                             (*stdlib_bytes(config)))
-        runs.append(run(config, task, seed, ratio, datasets[task],
-                        through_norms=policy == "epi_width"))
+        runs.append(run(config, task, seed, ratio, datasets[task], policy))
         keras.backend.clear_session()
         results = {"date": _harness.now(), "machine": _harness.machine(),
                    "config": dataclasses.asdict(config), "runs": runs,
