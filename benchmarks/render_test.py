@@ -15,8 +15,10 @@ from benchmarks.study import latency as study_latency
 from benchmarks.study import run as study
 from benchmarks.surgery_time import run as surgery_time
 from benchmarks.training_cost import epoch_start
+from benchmarks.training_cost import fit_return
 from benchmarks.training_cost import run as training_cost
 from benchmarks.transformers import run as transformers
+from benchmarks.transformers import width
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _WRITERS = {  # by the start of the file's name; latency_budget's otherwise
@@ -26,8 +28,8 @@ _WRITERS = {  # by the start of the file's name; latency_budget's otherwise
     "fashion_mnist_study": lambda r: study.markdown(r["summary"], r["config"]),
     "summary": latency_budget.summary_markdown,
     "training_cost": training_cost.markdown, "schedule": schedule.markdown,
-    "epoch_start": epoch_start.markdown,
-    "transformers": transformers.markdown}
+    "epoch_start": epoch_start.markdown, "fit_return": fit_return.markdown,
+    "transformers": transformers.markdown, "width": width.markdown}
 _RESULTS = sorted(glob.glob(os.path.join(_HERE, "*", "results", "**", "*.md"),
                             recursive=True))
 
