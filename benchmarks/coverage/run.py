@@ -197,6 +197,8 @@ def _input_shapes(model, x):
   """Per-example shapes of `x` in the order of `model.inputs`."""
   if isinstance(x, dict):
     return [tuple(x[t.name].shape[1:]) for t in model.inputs]
+  if isinstance(x, (list, tuple)):
+    return [tuple(a.shape[1:]) for a in x]
   return tuple(x.shape[1:])
 
 
