@@ -76,7 +76,8 @@ class EPICallback(keras.callbacks.Callback):
       statistics over the kept channels, so the cut changes the model's
       function and training after it recovers (see
       `keras_epi.channel_groups`). Default False: every cut is exact.
-      Not with ``budget="latency"``.
+      Not with ``budget="latency"``; only in `keras_epi.fit` (a plain
+      `model.fit` masks instead of cutting, which a norm would see).
     min_channels, round_to: Kept widths: at least, and multiples of.
     keep_stem, keep_residual: Leave the stem (the first group, where a
       convolution makes it from the input's channels), or the residual
@@ -224,6 +225,14 @@ class EPICallback(keras.callbacks.Callback):
 
   def on_train_begin(self, logs=None):
     self.close()  # a tap left by a fit that ended with an exception
+    if self.through_norms and not self._handler.hands_over:
+      raise ValueError(
+          "EPICallback(through_norms=True) needs keras_epi.fit(model, ..., "
+          "callbacks=[callback]), which trains the cut model on. In a plain "
+          "model.fit the removed channels would be held at zero in the "
+          "full-width model, whose LayerNormalization and RMSNormalization "
+          "still count them, so the model trained after the cut would not "
+          "be the pruned model. Nothing was trained or changed.")
     _claim(self)
     self._reset()
     # From the handler's start where it has one: keras_epi.fit's call, so

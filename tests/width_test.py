@@ -162,6 +162,20 @@ def test_epi_ranks_the_width_of_a_vit_with_heads_and_neurons():
   assert np.isfinite(history.history["loss"]).all()
 
 
+def test_a_plain_model_fit_with_the_width_is_refused_before_training():
+  model, _ = _dense_block()
+  model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
+      from_logits=True))
+  before = [keras.ops.convert_to_numpy(w) for w in model.weights]
+  x = np.random.default_rng(0).integers(0, VOCAB, (8, SEQ)).astype("int32")
+  cb = keras_epi.EPICallback(through_norms=True, prune_by=1, verbose=0)
+  with pytest.raises(ValueError, match=r"through_norms=True\) needs "
+                     r"keras_epi.fit"):
+    model.fit(x, np.arange(8) % 3, epochs=2, callbacks=[cb], verbose=0)
+  for a, w in zip(before, model.weights):
+    np.testing.assert_array_equal(a, keras.ops.convert_to_numpy(w))
+
+
 def test_a_latency_budget_with_the_width_is_refused_before_training():
   with pytest.raises(ValueError, match="budget='latency'.*through_norms"):
     keras_epi.EPICallback(budget="latency", through_norms=True,
