@@ -215,7 +215,7 @@ def _register_keras_hub():
       _grouped_config, names=("x",)))
   from keras_hub.src.models.vit import vit_layers  # pylint: disable=g-import-not-at-top
   layers.add_builtin(vit_layers.ViTPatchingAndEmbedding, _Rule(
-      _embedding_producer, {
+      _builtin_layers.embedding_flow, {
           "patch_embedding/kernel": ((-1, "out"),),
           "patch_embedding/bias": ((0, "out"),),
           "class_token": ((-1, "out"),),
@@ -226,15 +226,6 @@ def _register_keras_hub():
   layers.add_builtin(rms_normalization.RMSNormalization, _Rule(
       layers.FIXED, approximate=_builtin_layers.norm_rule(
           ("scale",), axis_of=lambda layer: -1)))
-
-
-def _embedding_producer(layer, call):
-  """A layer that embeds inputs kept whole (an image's patches) into new
-  channels: the model width of a ViT."""
-  del layer
-  for labels in call.inputs:
-    call.fix(labels)
-  return [call.produce(call.output_shapes[0][-1])]
 
 
 def _patch_embedding_macs(layer, in_shape, out_shape):

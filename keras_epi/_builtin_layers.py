@@ -82,9 +82,10 @@ def norm_rule(weights, axis_of=lambda layer: layer.axis):
   return _Rule(_axis_flow(fixes), {w: ((-1, "out"),) for w in weights})
 
 
-def _embedding_flow(layer, call):
-  """An Embedding makes new channels, one per column of its table, from
-  indices kept whole. Called with ``reverse=True`` (keras_hub's
+def embedding_flow(layer, call):
+  """An Embedding (or a layer that embeds inputs kept whole, as a ViT's
+  patch embedding) makes new channels, one per column of its table, from
+  inputs kept whole. Called with ``reverse=True`` (keras_hub's
   ReversibleEmbedding, the tied output projection of an LM) it reads the
   channels of its input through the same table: kept whole there, so the
   table keeps its columns too (the first call names the cut)."""
@@ -440,7 +441,7 @@ def register():  # pylint: disable=too-many-statements
                               approximate=norm_rule(weights)))
   add((_L.Rescaling,), _Rule(_axis_flow(_rescaling_fixes)))
   add((_L.Embedding,), _Rule(
-      _embedding_flow, {"embeddings": ((-1, "out"),),
+      embedding_flow, {"embeddings": ((-1, "out"),),
                         "reverse_embeddings": ((0, "out"),)},
       layers.width_config("output_dim"), filters=("embeddings",)))
   add(_classes(*_PER_CHANNEL_NAMES), _Rule(layers.ELEMENTWISE,

@@ -331,12 +331,26 @@ def markdown(results):
                       rows)]) + "\n"
 
 
+def load_runs(path):
+  """The runs of a results file written by `save_runs` ([] if none)."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return json.load(f)["runs"]
+
+
+def save_runs(path, config, runs, summarize_, markdown_):
+  """Writes `runs` with their summary and report (after every run, so that
+  a study resumes where it stopped)."""
+  results = {"date": _harness.now(), "machine": _harness.machine(),
+             "config": dataclasses.asdict(config), "runs": runs,
+             "summary": summarize_(runs)}
+  _harness.write_report(path, results, markdown_(results))
+
+
 def main(config):
   path = os.path.join(config.output_dir, "transformers.json")
-  runs = []
-  if os.path.exists(path):
-    with open(path) as f:
-      runs = json.load(f)["runs"]
+  runs = load_runs(path)
   done = {(r["task"], r["policy"], r["ratio"], r["seed"]) for r in runs}
   datasets = {}
   for task in config.tasks:
@@ -354,10 +368,7 @@ def main(config):
                             (*stdlib_bytes(config)))
         runs.append(run(config, task, seed, ratio, datasets[task], policy))
         keras.backend.clear_session()
-        results = {"date": _harness.now(), "machine": _harness.machine(),
-                   "config": dataclasses.asdict(config), "runs": runs,
-                   "summary": summarize(runs)}
-        _harness.write_report(path, results, markdown(results))
+        save_runs(path, config, runs, summarize, markdown)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ dense model trained on in the same way (fraction 1.0).
 """
 
 import dataclasses
-import json
 import os
 
 from absl import logging
@@ -142,20 +141,14 @@ def markdown(results):
 
 def main(config):
   path = os.path.join(config.output_dir, "width.json")
-  runs = []
-  if os.path.exists(path):
-    with open(path) as f:
-      runs = json.load(f)["runs"]
+  runs = study.load_runs(path)
   data = study.fashion_mnist(config)
   for seed in config.seeds:
     if any(r["seed"] == seed for r in runs):
       continue
     runs += run_seed(config, seed, data)
     keras.backend.clear_session()
-    results = {"date": _harness.now(), "machine": _harness.machine(),
-               "config": dataclasses.asdict(config), "runs": runs,
-               "summary": summarize(runs)}
-    _harness.write_report(path, results, markdown(results))
+    study.save_runs(path, config, runs, summarize, markdown)
 
 
 if __name__ == "__main__":
