@@ -32,6 +32,7 @@ Public API:
 
 from keras_epi import _attention_layers  # pylint: disable=unused-import
 from keras_epi import _builtin_layers  # pylint: disable=unused-import
+from keras_epi import _op_rules  # pylint: disable=unused-import
 from keras_epi.budget import count_macs
 from keras_epi.budget import max_latency_ratio
 from keras_epi.budget import select_channels
