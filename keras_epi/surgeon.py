@@ -13,6 +13,7 @@ from absl import logging
 import keras
 import numpy as np
 
+from keras_epi import _call_check as call_check
 from keras_epi import _functional as functional
 from keras_epi import _keras_internals as internals
 from keras_epi import _model_class as model_class
@@ -147,8 +148,8 @@ class Surgeon:
       expanded = isinstance(new, keras.Model) and not isinstance(
           op, keras.Model)
 
-      named = _named(new, prefix + op.name, type(op).__name__,
-                     "does not take its pruned inputs")
+      named = call_check.named(new, prefix + op.name, type(op).__name__,
+                               "does not take its pruned inputs")
 
       def call(*args, **kwargs):
         if expanded:  # a composite layer whose sublayers changed: the
@@ -173,7 +174,7 @@ class Surgeon:
       self._load_weights()
       self._check_probed_layers()
       if self.untried:
-        check_calls(model, new, self.plan)
+        call_check.check_calls(model, new, self.plan)
     return new
 
   def _copy_with_changes(self, layer, path):
@@ -295,8 +296,8 @@ class Surgeon:
           f"keras_epi cannot rebuild layer '{call.path}' "
           f"({type(layer).__name__}) with {n_out} output channels: its class "
           f"cannot be made from its config ({type(error).__name__}: "
-          f"{_first_line(error)}), nor its copy rebuilt at the new widths "
-          f"({_first_line(e)}). Make "
+          f"{call_check.first_line(error)}), nor its copy rebuilt at the new "
+          f"widths ({call_check.first_line(e)}). Make "
           "its get_config and from_config round-trip (a `**kwargs` in "
           "__init__, serialisable arguments), or keep its channels with "
           f"ignore=[{call.path!r}].") from error
@@ -338,19 +339,19 @@ class Surgeon:
         continue
       masks = self.plan.masks(call)
       rng = np.random.default_rng(0)
-      for batch in CHECK_BATCH_SIZES:
+      for batch in call_check.CHECK_BATCH_SIZES:
         xs = [rng.normal(size=(batch, *[5 if d is None else d for d in s]))
               .astype("float32") for s in call.in_shapes]
-        old_out = _calls(old, xs[0] if len(xs) == 1 else xs)
+        old_out = call_check.calls(old, xs[0] if len(xs) == 1 else xs)
         if old_out is None:
           continue  # the layer itself does not run at this batch size
         old_out = keras.ops.convert_to_numpy(old_out)
         small = [np.compress(m, x, axis=-1)
                  for x, m in zip(xs, masks["ins"])]
         new_out = keras.ops.convert_to_numpy(
-            _named(new, path, type(old).__name__,
-                   f"fails when called (at batch size {batch})")(
-                       small[0] if len(small) == 1 else small))
+            call_check.named(new, path, type(old).__name__,
+                             f"fails when called (at batch size {batch})")(
+                                 small[0] if len(small) == 1 else small))
         want = np.compress(masks["out"], old_out, axis=-1)
         if want.shape == new_out.shape and np.allclose(
             want, new_out, rtol=1e-4, atol=1e-5):
@@ -403,92 +404,6 @@ class Surgeon:
 
 model_class.use_pruner(prune_model)  # for Pruned models read from a file
 
-CHECK_BATCH_SIZES = (1, 2)
-_OPEN_SIZE = 32  # per open input size in the check
-
-
-def check_calls(old, new, plan):
-  """Calls the pruned model `new` on random inputs at `CHECK_BATCH_SIZES`
-  (open input sizes at `_OPEN_SIZE`, or the analysis' sizes): each output
-  must have the shape of `old`'s (a plan keeps outputs whole). A failure is
-  a ValueError naming the layer that fails, so no model that breaks when
-  called is handed back."""
-  shapes = plan.analysis.input_shapes
-  rng = np.random.default_rng(0)
-  for batch in CHECK_BATCH_SIZES:
-    xs = []
-    for tensor, shape in zip(new.inputs, shapes):
-      size = (batch, *[_OPEN_SIZE if d is None else d for d in shape])
-      value = (rng.normal(size=size) if "float" in str(tensor.dtype)
-               else np.zeros(size))
-      xs.append(value.astype(tensor.dtype))
-    try:
-      outputs = new(_as_inputs(new, xs), training=False)
-    except Exception as e:  # pylint: disable=broad-except
-      if _calls(old, _as_inputs(old, xs)) is None:
-        continue  # the model itself does not run at this batch size
-      _name_the_failing_layer(new, xs, e)
-      raise  # not reached: _name_the_failing_layer raises
-    for got, want in zip(keras.tree.flatten(outputs), old.outputs):
-      expected = (batch, *want.shape[1:])
-      if any(e is not None and e != g
-             for e, g in zip(expected, tuple(got.shape))) or len(
-                 got.shape) != len(expected):
-        raise ValueError(
-            f"keras_epi: the pruned model '{new.name}' gives an output of "
-            f"shape {tuple(got.shape)} at batch size {batch}; the model "
-            f"gives {expected}. Please report this; pass the layers before "
-            "that output in `ignore=` meanwhile.")
-
-
-def _calls(op, inputs):
-  """`op(inputs)` in inference mode, or None where it fails."""
-  try:
-    return op(inputs, training=False)
-  except Exception:  # pylint: disable=broad-except
-    return None
-
-
-def _as_inputs(model, xs):
-  """`xs` in the structure `model` was built with (a list of one input is
-  passed as a list, so Keras does not warn that the structures differ)."""
-  if isinstance(model, keras.Sequential):
-    return xs[0]
-  return keras.tree.pack_sequence_as(internals.inputs_struct(model), xs)
-
-
-def _name_the_failing_layer(model, xs, error):
-  """Calls `model`'s operations one by one on `xs`; raises a ValueError
-  naming the first that fails (or `error`'s message if none does)."""
-  def named(op):
-    return _named(op, op.name, type(op).__name__,
-                  f"fails when called (at batch size {len(xs[0])})")
-  if isinstance(model, keras.Sequential):
-    h = xs[0]
-    for layer in model.layers:
-      h = named(layer)(h)
-  else:
-    functional.replay(model, xs, named)
-  raise ValueError(
-      f"keras_epi: the pruned model '{model.name}' fails when called: "
-      f"{type(error).__name__}: {error}") from error
-
-
-def _named(op, path, class_name, failure):
-  """`op`, called so that a failure is a ValueError naming the layer at
-  `path` with the fix."""
-  def call(*args, **kwargs):
-    try:
-      return op(*args, **kwargs)
-    except Exception as e:  # pylint: disable=broad-except
-      raise ValueError(
-          f"keras_epi: layer '{path}' ({class_name}) {failure}: "
-          f"{type(e).__name__}: {_first_line(e)} Keep its channels with "
-          f"ignore=[{path!r}], or register it (keras_epi.register_layer) "
-          "with the weights that follow its channels.") from e
-  return call
-
-
 def _build_at_plan(new, call, masks):
   """Builds `new`, a layer made for `call` cut by `masks`: by its rule's
   `build` where it has one, else at the call's pruned input shapes."""
@@ -503,9 +418,3 @@ def _pruned_shapes(call, masks):
   """The per-call input shapes (batch None) at the plan's widths."""
   return [(None, *s[:-1], int(m.sum()))
           for s, m in zip(call.in_shapes, masks["ins"])]
-
-
-def _first_line(error):
-  """The first line of an error's message (Keras' run to many)."""
-  lines = str(error).strip().splitlines()
-  return lines[0] if lines else type(error).__name__
