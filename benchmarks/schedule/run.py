@@ -29,9 +29,11 @@ from benchmarks.study import run as study_lib
 import keras_epi
 
 POLICIES = ("dense", "train_prune_finetune", "epi", "epi_macs",
-            "epi_latency", "early_bird", "fixed")
+            "epi_latency", "epi_deadline", "epi_macs_deadline", "early_bird",
+            "fixed")
 _EPI_BUDGETS = {"epi": "neurons", "epi_macs": "macs",
-                "epi_latency": "latency"}
+                "epi_latency": "latency", "epi_deadline": "neurons",
+                "epi_macs_deadline": "macs"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +49,12 @@ class Config(study_lib.Config):
                             "parts of one seed; each skips the runs of "
                             "every file of the seed.")
   grid: tuple = (0, 3, 6, 10, 15)
+  # The *_deadline policies: EPI, or after this many dense epochs if tau is
+  # not reached by then (EPICallback's prune_by; not the paper's).
+  prune_by: int = 10
+  autotune: bool = _harness.flag(False, "tf.data autotuning of the training "
+                                 "pipeline (on, a fit waits seconds for its "
+                                 "thread after the last epoch).")
   epochs: int = 30
   depth: int = 20
   image_size: int = 28
@@ -68,13 +76,21 @@ class Config(study_lib.Config):
   data_dir: str = _harness.flag(None, "Fashion-MNIST IDX files (None: "
                                 "Debian's package, then "
                                 "tensorflow-datasets).")
-  output_dir: str = "benchmarks/schedule/results"
+  output_dir: str = _harness.flag("benchmarks/schedule/results", "Where "
+                                  "the run files are (and --merge writes).")
+  # Where --merge takes a seed's fixed-epoch grid that this set lacks (the
+  # study made with autotuning on: same seeds, examples, steps; its grid's
+  # accuracies hold, its times are not used).
+  grid_from: str = _harness.flag("benchmarks/schedule/results/autotune_on",
+                                 "The grid for seeds this set has none of "
+                                 "('': none).")
   work_dir: str = "/tmp/keras_epi_schedule"
   quick: bool = _harness.flag(False, "Smoke run: ResNet-8, 256 examples, 4 "
                               "epochs, to a scratch directory.")
 
 
-QUICK = {"depth": 8, "train_examples": 256, "validation_examples": 64,
+QUICK = {"depth": 8, "prune_by": 2, "grid_from": "", "train_examples": 256,
+         "validation_examples": 64,
          "epochs": 4, "ratios": (0.5,), "grid": (0, 2), "finetune_epochs": 1,
          "epi_window": 1, "inference_rounds": 2, "batch_size": 64,
          "warmup_epochs": 1.0, "seeds": (0,),
@@ -144,6 +160,8 @@ def run_one(config, study, key, table, dense_weights):
       ratio_used, reachable = latency_ratio(config, study, table, ratio)
     elif policy in _EPI_BUDGETS:
       kwargs = dict(budget=_EPI_BUDGETS[policy])
+      if policy.endswith("_deadline"):
+        kwargs["prune_by"] = config.prune_by
     elif policy == "fixed" and k == 0:  # at initialisation: after half an
       kwargs = dict(init_steps=max(1, min(20, study.steps // 2)))  # epoch
     record, final = study_lib.run_epi(
@@ -208,7 +226,8 @@ def worker(config):
       runs.append(dict(record, finished=time.strftime("%Y-%m-%dT%H:%M:%S")))
       seen.append(runs[-1])
       _harness.write_report(path, {
-          "config": {k: getattr(config, k) for k in study_lib.RUN_SETTINGS},
+          "config": {k: getattr(config, k)
+                     for k in study_lib.RUN_SETTINGS + ("prune_by",)},
           "machine": machine, "runs": runs})
       keras.backend.clear_session()
       logging.info("seed %d: %s done (%d of %d left)", seed, key,
@@ -303,6 +322,8 @@ def summarize(runs):
         "macs_fraction": _spread([r["macs_fraction"] for r in of]),
         "pruned_epoch_vs_dense_epoch": _spread([
             _epoch_ratio(r) for r in of]),
+        "dense_epochs_vs_dense": _spread([
+            _in_dense_epochs_vs_dense(r, dense.get(r["seed"])) for r in of]),
         "cost_total_error": _spread([r.get("cost_total_error")
                                      for r in of]),
     })
@@ -320,25 +341,68 @@ def _epoch_ratio(run):
   return float(np.median(seconds[k + 1:]) / np.median(seconds[1:k]))
 
 
-def grid_choice(runs):
+def _dense_epoch(run):
+  """The median dense epoch of `run` (the first, tracing, left out), or
+  None with fewer than 2 others."""
+  seconds = run.get("epoch_seconds") or []
+  k = (len(seconds) if run["policy"] == "dense" else
+       (run.get("training_cost") or {}).get("dense_epochs") or 0)
+  return float(np.median(seconds[1:k])) if k >= 3 else None
+
+
+def _in_dense_epochs(run, dense=None):
+  """`run`'s wall time in its own median dense epochs: a unit measured
+  in the same run, so that the host's speed drifting between runs (the
+  dense model's epochs took 8.5-9 s in the first runs of a session and
+  6.2-6.5 s half an hour later, in both processes) cancels. A
+  train-prune-finetune run counts in its `dense` run's (whose time it
+  includes); None for a run with fewer than 3 dense epochs."""
+  unit = _dense_epoch(dense if run["policy"] == "train_prune_finetune"
+                      else run)
+  return None if unit is None else run["wall_seconds"] / unit
+
+
+def _in_dense_epochs_vs_dense(run, dense):
+  """`_in_dense_epochs` of `run` over its seed's `dense` run's (None
+  where either has none)."""
+  if dense is None:
+    return None
+  mine, its = _in_dense_epochs(run, dense), _in_dense_epochs(dense)
+  return None if mine is None or its is None else mine / its
+
+
+def grid_choice(runs, grid_runs=()):
   """Per ratio, per seed: the grid epoch with the best test accuracy (the
-  oracle's choice) against EPI's epochs."""
+  oracle's choice) against EPI's epochs. A seed whose grid `runs` lack
+  takes it from `grid_runs` (another set of the same study, `source`
+  named: the accuracy of a seed's run does not depend on the pipeline's
+  autotuning, only its time does)."""
   out = {}
   for ratio in sorted({r["prune_ratio"] for r in runs
                        if r["prune_ratio"] is not None}):
     per_seed = {}
     for seed in sorted({r["seed"] for r in runs}):
-      grid = {r["fixed_epoch"]: r["test_accuracy"] for r in runs
-              if r["policy"] == "fixed" and r["seed"] == seed and
-              r["prune_ratio"] == ratio}
+      grid, source = {}, "this set"
+      for of, name in ((runs, "this set"), (grid_runs, "grid_from")):
+        grid = {r["fixed_epoch"]: r["test_accuracy"] for r in of
+                if r["policy"] == "fixed" and r["seed"] == seed and
+                r["prune_ratio"] == ratio}
+        if grid:
+          source = name
+          break
       if not grid:
         continue
       best = max(sorted(grid), key=lambda k: grid[k])
       per_seed[str(seed)] = {
           "grid_best_epoch": best, "grid_best_accuracy": grid[best],
+          "grid_source": source,
           **{f"{p}_epoch": next((r["prune_epoch"] for r in runs
                                  if r["policy"] == p and r["seed"] == seed
                                  and r["prune_ratio"] == ratio), None)
+             for p in _EPI_BUDGETS},
+          **{f"{p}_accuracy": next((r["test_accuracy"] for r in runs
+                                    if r["policy"] == p and r["seed"] == seed
+                                    and r["prune_ratio"] == ratio), None)
              for p in _EPI_BUDGETS}}
     out[str(ratio)] = per_seed
   return out
@@ -366,11 +430,15 @@ def markdown(results):
            f(r["ratio"], ".1f"),
            " ".join("-" if e is None else str(e) for e in r["prune_epochs"]),
            acc(r["test_accuracy"]), s(r["time_vs_dense"], 2),
+           s(r.get("dense_epochs_vs_dense"), 2),
            s(r["time_vs_train_prune_finetune"], 2),
            s(r["pruned_epoch_vs_dense_epoch"], 2),
            s(r["macs_fraction"], 2)] for r in results["summary"]]
-  choice = [[ratio, seed, v["grid_best_epoch"], f"{v['grid_best_accuracy']:.4f}",
-             *[f(v.get(f"{p}_epoch"), "") for p in _EPI_BUDGETS]]
+  choice = [[ratio, seed, v["grid_best_epoch"],
+             f"{v['grid_best_accuracy']:.4f}", v.get("grid_source", "-"),
+             *[f"{f(v.get(f'{p}_epoch'), '')} "
+               f"({f(v.get(f'{p}_accuracy'), '.4f')})"
+               for p in _EPI_BUDGETS]]
             for ratio, seeds in results["grid_choice"].items()
             for seed, v in seeds.items()]
   return "\n".join([
@@ -379,17 +447,25 @@ def markdown(results):
       f"ResNet-{c['depth']} on {c['train_examples']} Fashion-MNIST images "
       f"({c['image_size']}x{c['image_size']}), {c['epochs']} epochs (warm-up "
       f"{c['warmup_epochs']:g} + cosine), batch {c['batch_size']}, "
-      f"{c['threads'] or 'TF default'} thread(s); "
+      f"{c['threads'] or 'TF default'} thread(s), tf.data autotuning "
+      f"{'on' if c.get('autotune', True) else 'off'}; "
       "setup: benchmarks/schedule/README.md. Accuracy: mean ± std over "
       "seeds; times: median [min, max] over seeds of the run's wall time "
-      "over the same seed's dense run (and train-prune-finetune run).", "",
+      "over the same seed's dense run (and train-prune-finetune run); "
+      "'in own dense epochs': each run's wall time counted in its own "
+      "median dense epoch (measured in the same run, so that the host's "
+      "speed drifting between runs cancels; runs with fewer than 3 dense "
+      "epochs have none), over the dense run's.", "",
       *_harness.table(
           ["policy", "ratio", "prune epoch per seed", "test accuracy",
-           "time / dense", "time / TPF", "pruned / dense epoch", "MACs"],
+           "time / dense", "in own dense epochs / dense", "time / TPF", "pruned / dense epoch", "MACs"],
           rows), "",
-      "The grid's best epoch (test accuracy) against EPI's, per seed:", "",
+      "The grid's best epoch (test accuracy) against EPI's (its epoch and "
+      "accuracy), per seed; `grid_from`: the grid of "
+      f"`{results.get('grid_from') or '-'}` (same seeds and schedule):", "",
       *_harness.table(["ratio", "seed", "grid best epoch", "its accuracy",
-                       *[f"{p} epoch" for p in _EPI_BUDGETS]], choice),
+                       "grid of", *[f"{p} epoch (acc)"
+                                    for p in _EPI_BUDGETS]], choice),
   ]) + "\n"
 
 
@@ -428,22 +504,30 @@ def plot(results, path):
   plt.close(fig)
 
 
-def merge(config):
-  """Gathers the run files into schedule.{json,md,png}."""
+def _read_set(output_dir):
+  """(runs, settings, machine) of every run file under `output_dir`."""
   runs, settings, machine = [], None, None
-  for path in sorted(glob.glob(os.path.join(config.output_dir, "runs",
+  for path in sorted(glob.glob(os.path.join(output_dir, "runs",
                                             "runs_seed*.json"))):
     with open(path) as f:
       part = json.load(f)
     runs += part["runs"]
     settings, machine = settings or part["config"], machine or part["machine"]
+  return runs, settings, machine
+
+
+def merge(config):
+  """Gathers the run files into schedule.{json,md,png}."""
+  runs, settings, machine = _read_set(config.output_dir)
   if not runs:
     raise FileNotFoundError(f"No run files in {config.output_dir}/runs: "
                             "run the study first.")
+  grid_runs = (_read_set(config.grid_from)[0] if config.grid_from else [])
   results = {"date": _harness.now(), "machine": machine,
              "config": dict(settings, threads=config.threads),
-             "summary": summarize(runs), "grid_choice": grid_choice(runs),
-             "runs": runs}
+             "grid_from": config.grid_from,
+             "summary": summarize(runs),
+             "grid_choice": grid_choice(runs, grid_runs), "runs": runs}
   path = os.path.join(config.output_dir, "schedule.json")
   _harness.write_report(path, results, markdown(results))
   plot(results, os.path.splitext(path)[0] + ".png")

@@ -23,7 +23,7 @@ def test_planned_runs_put_dense_first_and_cover_every_policy_and_ratio():
                                grid=(0, 3))
   runs = schedule.planned_runs(config)
   assert runs[0] == ("dense", None, None)
-  assert len(runs) == 1 + 2 * (5 + 2)  # 5 policies and 2 grid epochs
+  assert len(runs) == 1 + 2 * (7 + 2)  # 7 policies and 2 grid epochs
   assert ("fixed", 0.7, 3) in runs and ("epi_latency", 0.5, None) in runs
   assert len(set(runs)) == len(runs)
 
@@ -67,6 +67,27 @@ def test_time_is_over_the_same_seeds_dense_and_tpf_runs():
   assert epi["pruned_epoch_vs_dense_epoch"]["min"] == pytest.approx(0.5)
 
 
+def test_time_in_own_dense_epochs_cancels_a_host_that_got_faster():
+  # The dense run: epochs of 2 s (the first, tracing, left out): 50 units.
+  dense = dict(_run("dense", 0, wall=100.0), epoch_seconds=[9] + [2] * 29)
+  # The same work later on a host twice as fast: half the wall time, the
+  # same units; a run pruned after 4 epochs of 1 s, in 30 units.
+  same = dict(_run("epi", 0, 0.7, wall=50.0, prune_epoch=30),
+              epoch_seconds=[5] + [1] * 29)
+  pruned = dict(_run("epi", 0, 0.5, wall=30.0, prune_epoch=4),
+                epoch_seconds=[5, 1, 1, 1] + [0.5] * 26)
+  early = dict(_run("fixed", 0, 0.5, 0, wall=30.0, prune_epoch=0),
+               epoch_seconds=[5] + [1] * 29)
+  rows = {(r["policy"], r["ratio"]): r for r in schedule.summarize(
+      [dense, same, pruned, early])}
+  assert rows["epi", 0.7]["time_vs_dense"]["median"] == pytest.approx(0.5)
+  assert rows["epi", 0.7]["dense_epochs_vs_dense"]["median"] == (
+      pytest.approx(1.0))
+  assert rows["epi", 0.5]["dense_epochs_vs_dense"]["median"] == (
+      pytest.approx(30 / 50))
+  assert rows["fixed", 0.5]["dense_epochs_vs_dense"] is None  # no unit
+
+
 def test_the_grids_best_epoch_is_set_against_epis_per_seed():
   runs = [_run("fixed", 0, 0.5, k, accuracy=a, prune_epoch=k)
           for k, a in ((0, 0.70), (3, 0.82), (6, 0.81))]
@@ -74,3 +95,40 @@ def test_the_grids_best_epoch_is_set_against_epis_per_seed():
   choice = schedule.grid_choice(runs)["0.5"]["0"]
   assert choice["grid_best_epoch"] == 3 and choice["epi_epoch"] == 5
   assert choice["epi_macs_epoch"] is None
+  assert choice["grid_source"] == "this set"
+
+
+def test_a_seed_without_a_grid_takes_it_from_the_other_set():
+  runs = [_run("fixed", 0, 0.5, 3, accuracy=0.8, prune_epoch=3),
+          _run("epi", 1, 0.5, prune_epoch=4, accuracy=0.83)]
+  other = [_run("fixed", 1, 0.5, k, accuracy=a, prune_epoch=k)
+           for k, a in ((0, 0.84), (6, 0.81))]
+  other.append(_run("fixed", 0, 0.5, 6, accuracy=0.9, prune_epoch=6))
+  choice = schedule.grid_choice(runs, other)["0.5"]
+  # Seed 0 has its own grid: the other set's better epoch is not mixed in.
+  assert (choice["0"]["grid_best_epoch"], choice["0"]["grid_source"]) == (
+      3, "this set")
+  assert choice["1"]["grid_best_epoch"] == 0
+  assert choice["1"]["grid_source"] == "grid_from"
+  assert (choice["1"]["epi_epoch"], choice["1"]["epi_accuracy"]) == (4, 0.83)
+
+
+def test_the_deadline_policies_prune_by_it_on_a_pipeline_without_autotune(
+    fashion_mnist_dir, tmp_path):
+  # A window of 5 cannot fire before epoch 5: what prunes after the first
+  # epoch is the deadline.
+  config = dataclasses.replace(schedule.Config(), **dict(
+      schedule.QUICK, output_dir=str(tmp_path), work_dir=str(tmp_path / "w"),
+      data_dir=fashion_mnist_dir, epochs=2, prune_by=1, epi_window=5,
+      policies=("epi_deadline",), threads=0))  # TF is running already
+  assert not config.autotune
+  study = schedule.study_lib.Study(config, 0)
+  assert study.train().options().autotune.enabled is False
+  schedule.worker(config)
+  with open(tmp_path / "runs" / "runs_seed0.json") as f:
+    saved = json.load(f)
+  (run,) = saved["runs"]
+  assert (run["policy"], run["prune_epoch"]) == ("epi_deadline", 1)
+  assert run["prune_reason"] == "deadline" and run["macs_fraction"] < 1.0
+  assert saved["config"]["prune_by"] == 1
+  assert saved["config"]["autotune"] is False

@@ -36,7 +36,7 @@ RUN_SETTINGS = ("epochs", "depth", "image_size", "train_examples",
                 "validation_examples", "batch_size", "learning_rate",
                 "warmup_epochs", "weight_decay", "finetune_epochs",
                 "finetune_learning_rate", "epi_window", "epi_threshold",
-                "grid", "ratios", "threads", "one_iterator")
+                "grid", "ratios", "threads", "one_iterator", "autotune")
 _flag = _harness.flag
 
 
@@ -65,6 +65,10 @@ class Config:
   # steps_per_epoch given), not a new one every epoch: see
   # benchmarks/training_cost/README.md (the start of an epoch).
   one_iterator: bool = False
+  # tf.data's autotuning of the training pipeline. Off, deleting a fit's
+  # input iterator does not wait for the autotuning thread (seconds after
+  # the last epoch): benchmarks/training_cost/README.md (fit's return).
+  autotune: bool = True
   inference_rounds: int = 9
   data_dir: str = _flag(None, "Fashion-MNIST IDX files (None: Debian's "
                         "package, then tensorflow-datasets).")
@@ -102,8 +106,13 @@ class Study:
 
   def train(self):
     """A fresh training pipeline (this seed's example order)."""
-    return data_lib.pipeline(self.dataset.train, self.config.batch_size, True,
+    data = data_lib.pipeline(self.dataset.train, self.config.batch_size, True,
                              augment=True, seed=self.seed, **self._norm)
+    if not self.config.autotune:
+      options = tf.data.Options()
+      options.autotune.enabled = False
+      data = data.with_options(options)
+    return data
 
   def build(self, keras_module=keras):
     return models_lib.resnet_cifar(
