@@ -197,12 +197,17 @@ def preprocess(images, mean, std, image_size=None):
 
 
 def pipeline(ds, batch_size, training, mean, std, image_size=None,
-             augment=False, seed=0, shuffle_buffer=60_000):
+             augment=False, seed=0, shuffle_buffer=60_000, autotune=True):
   """A batched tf.data pipeline with optional CIFAR-style augmentation
-  (pad 4 pixels (2 for 28-pixel images), random crop, horizontal flip)."""
+  (pad 4 pixels (2 for 28-pixel images), random crop, horizontal flip).
+  `autotune=False` turns tf.data's autotuning off: deleting a fit's input
+  iterator then does not wait for the autotuning thread
+  (benchmarks/training_cost/README.md, fit's return)."""
   options = tf.data.Options()
   options.experimental_distribute.auto_shard_policy = (
       tf.data.experimental.AutoShardPolicy.DATA)
+  if not autotune:
+    options.autotune.enabled = False
   ds = ds.with_options(options)
   if training:
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)

@@ -79,8 +79,8 @@ class Config(study_lib.Config):
   output_dir: str = _harness.flag("benchmarks/schedule/results", "Where "
                                   "the run files are (and --merge writes).")
   # Where --merge takes a seed's fixed-epoch grid that this set lacks (the
-  # study made with autotuning on: same seeds, examples, steps; its grid's
-  # accuracies hold, its times are not used).
+  # study made with autotuning on: same seeds, examples and steps; only its
+  # grid's accuracies are used, not its times).
   grid_from: str = _harness.flag("benchmarks/schedule/results/autotune_on",
                                  "The grid for seeds this set has none of "
                                  "('': none).")
@@ -352,11 +352,10 @@ def _dense_epoch(run):
 
 def _in_dense_epochs(run, dense=None):
   """`run`'s wall time in its own median dense epochs: a unit measured
-  in the same run, so that the host's speed drifting between runs (the
-  dense model's epochs took 8.5-9 s in the first runs of a session and
-  6.2-6.5 s half an hour later, in both processes) cancels. A
-  train-prune-finetune run counts in its `dense` run's (whose time it
-  includes); None for a run with fewer than 3 dense epochs."""
+  in the same run, so that the host's speed drifting between runs
+  cancels (this folder's README: timing on a shared host). A train-prune-finetune
+  run counts in its `dense` run's (whose time it includes); None for a
+  run with fewer than 3 dense epochs."""
   unit = _dense_epoch(dense if run["policy"] == "train_prune_finetune"
                       else run)
   return None if unit is None else run["wall_seconds"] / unit
@@ -373,37 +372,32 @@ def _in_dense_epochs_vs_dense(run, dense):
 
 def grid_choice(runs, grid_runs=()):
   """Per ratio, per seed: the grid epoch with the best test accuracy (the
-  oracle's choice) against EPI's epochs. A seed whose grid `runs` lack
-  takes it from `grid_runs` (another set of the same study, `source`
-  named: the accuracy of a seed's run does not depend on the pipeline's
-  autotuning, only its time does)."""
+  oracle's choice) against EPI's epochs and accuracies. A seed whose grid
+  `runs` lack takes it from `grid_runs` (another set of the same study:
+  same seeds and schedule), named as its `grid_source`."""
   out = {}
   for ratio in sorted({r["prune_ratio"] for r in runs
                        if r["prune_ratio"] is not None}):
     per_seed = {}
     for seed in sorted({r["seed"] for r in runs}):
-      grid, source = {}, "this set"
-      for of, name in ((runs, "this set"), (grid_runs, "grid_from")):
+      for of, source in ((runs, "this set"), (grid_runs, "grid_from")):
         grid = {r["fixed_epoch"]: r["test_accuracy"] for r in of
                 if r["policy"] == "fixed" and r["seed"] == seed and
                 r["prune_ratio"] == ratio}
         if grid:
-          source = name
           break
       if not grid:
         continue
       best = max(sorted(grid), key=lambda k: grid[k])
+      epi = {p: next((r for r in runs if r["policy"] == p and
+                      r["seed"] == seed and r["prune_ratio"] == ratio), {})
+             for p in _EPI_BUDGETS}
       per_seed[str(seed)] = {
           "grid_best_epoch": best, "grid_best_accuracy": grid[best],
           "grid_source": source,
-          **{f"{p}_epoch": next((r["prune_epoch"] for r in runs
-                                 if r["policy"] == p and r["seed"] == seed
-                                 and r["prune_ratio"] == ratio), None)
-             for p in _EPI_BUDGETS},
-          **{f"{p}_accuracy": next((r["test_accuracy"] for r in runs
-                                    if r["policy"] == p and r["seed"] == seed
-                                    and r["prune_ratio"] == ratio), None)
-             for p in _EPI_BUDGETS}}
+          **{f"{p}_epoch": r.get("prune_epoch") for p, r in epi.items()},
+          **{f"{p}_accuracy": r.get("test_accuracy")
+             for p, r in epi.items()}}
     out[str(ratio)] = per_seed
   return out
 
@@ -458,7 +452,8 @@ def markdown(results):
       "epochs have none), over the dense run's.", "",
       *_harness.table(
           ["policy", "ratio", "prune epoch per seed", "test accuracy",
-           "time / dense", "in own dense epochs / dense", "time / TPF", "pruned / dense epoch", "MACs"],
+           "time / dense", "in own dense epochs / dense", "time / TPF",
+           "pruned / dense epoch", "MACs"],
           rows), "",
       "The grid's best epoch (test accuracy) against EPI's (its epoch and "
       "accuracy), per seed; `grid_from`: the grid of "

@@ -65,10 +65,7 @@ class Config:
   # steps_per_epoch given), not a new one every epoch: see
   # benchmarks/training_cost/README.md (the start of an epoch).
   one_iterator: bool = False
-  # tf.data's autotuning of the training pipeline. Off, deleting a fit's
-  # input iterator does not wait for the autotuning thread (seconds after
-  # the last epoch): benchmarks/training_cost/README.md (fit's return).
-  autotune: bool = True
+  autotune: bool = True  # of the training pipeline (data.pipeline's)
   inference_rounds: int = 9
   data_dir: str = _flag(None, "Fashion-MNIST IDX files (None: Debian's "
                         "package, then tensorflow-datasets).")
@@ -106,13 +103,9 @@ class Study:
 
   def train(self):
     """A fresh training pipeline (this seed's example order)."""
-    data = data_lib.pipeline(self.dataset.train, self.config.batch_size, True,
-                             augment=True, seed=self.seed, **self._norm)
-    if not self.config.autotune:
-      options = tf.data.Options()
-      options.autotune.enabled = False
-      data = data.with_options(options)
-    return data
+    return data_lib.pipeline(self.dataset.train, self.config.batch_size, True,
+                             augment=True, seed=self.seed,
+                             autotune=self.config.autotune, **self._norm)
 
   def build(self, keras_module=keras):
     return models_lib.resnet_cifar(
